@@ -28,6 +28,71 @@ def _models(args: argparse.Namespace) -> None:
         print(f"{name:<{widths[0]}}  {params:>{widths[1]}}  {size}")
 
 
+TRAIN_FLAGS = {  # flag -> config key
+    "data": "data.spec", "model": "model.name", "epochs": "train.epochs", "batch_size": "train.batch_size",
+    "lr": "optim.lr", "out": "train.out", "seed": "train.seed", "device": "train.device",
+    "workers": "data.num_workers",
+}
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .config import build_config
+    from .train import train
+
+    progress = False if args.no_progress else None
+    if args.resume:
+        given = [f for f in TRAIN_FLAGS if f != "epochs" and getattr(args, f) is not None]
+        if given or args.set or args.config:
+            raise VitkitError("--resume continues a run with its own config.yaml; only --epochs may change "
+                              f"(got --{(given or ['set'])[0].replace('_', '-')})")
+        summary = train(resume=args.resume, progress=progress, epochs=args.epochs)
+    else:
+        overrides = [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
+                     if getattr(args, flag) is not None]
+        if args.download:
+            overrides.append("data.download=true")
+        if args.strict:
+            overrides.append("data.strict=true")
+        cfg = build_config(args.config or "digits", overrides + list(args.set))
+        summary = train(cfg, progress=progress)
+    return 0 if summary["status"] == "completed" else 130
+
+
+def _eval(args: argparse.Namespace) -> None:
+    import json
+
+    from .evaluate import evaluate_checkpoint
+
+    r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out, args.batch_size, args.device,
+                            args.workers)
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k != "confusion"}, indent=2))
+        return
+    print(f"{r['checkpoint']} on {r['data']} [{r['split']}]: {r['count']} images")
+    print(f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  loss {r['loss']:.4f}")
+    print("per class: " + ", ".join(f"{c} {a:.3f}" for c, a in r["per_class"].items()))
+    if r["skipped"]:
+        print(f"skipped {len(r['skipped'])} unreadable file(s): {', '.join(r['skipped'][:5])}")
+    if args.out:
+        print(f"wrote {args.out}/eval.json and {args.out}/confusion.png")
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import json
+
+    from .predict import predict
+
+    results = predict(args.checkpoint, args.images, args.top_k, device=args.device)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in results], indent=2))
+    for r in results:
+        if r.error:
+            print(f"vitkit predict: error: {r.error}", file=sys.stderr)
+        elif not args.json:
+            print(f"{r.path}: " + ", ".join(f"{c} {p:.4f}" for c, p in r.top))
+    return 1 if any(r.error for r in results) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -42,6 +107,57 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--filter", default="*", metavar="PATTERN",
                    help="shell-style pattern or substring, e.g. 'patch16' or 'vit_base_*' (default: all)")
     p.set_defaults(func=_models)
+
+    p = sub.add_parser(
+        "train", help="train a model (default: the small ViT on the built-in 8x8 digits)",
+        description="Train a model into a run folder (config.yaml, metrics.jsonl, checkpoints/, curves.png, "
+                    "summary.json). Settings come from a preset or YAML file, then --set overrides, then the "
+                    "flags below. Ctrl-C stops after the current step and saves a resumable checkpoint.")
+    p.add_argument("--config", metavar="FILE|PRESET",
+                   help="YAML file or shipped preset: digits (default), mnist, vit_pretrain, vit_finetune")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set model.depth=6 --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--data", metavar="SPEC",
+                   help="digits | synthetic | mnist:DIR | folder:DIR | cifar10:DIR | cifar100:DIR")
+    p.add_argument("--download", action="store_true",
+                   help="download the dataset into DIR first (mnist, cifar10, cifar100; checksums verified)")
+    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
+    p.add_argument("--model", metavar="NAME", help="registered model name (see `vitkit models`)")
+    p.add_argument("--epochs", type=int, help="number of epochs (with --resume: extend the run to this many)")
+    p.add_argument("--batch-size", type=int, help="images per optimizer step on this process")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>-<model>)")
+    p.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("eval", help="accuracy of a checkpoint on a dataset (top-1/5, per class, confusion matrix)",
+                       description="Evaluate a checkpoint with the preprocessing stored in it.")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE",
+                   help="a run folder (its best checkpoint) or a .safetensors file")
+    p.add_argument("--data", required=True, metavar="SPEC", help="data spec, as for train")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
+    p.add_argument("--out", metavar="DIR", help="write eval.json and confusion.png here")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of image files",
+                       description="Predict classes of image files with the checkpoint's own preprocessing "
+                                   "(size, channels, mean/std). Unreadable files are reported by name; the "
+                                   "others are still predicted (exit status 1 if any failed).")
+    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE",
+                   help="a run folder (its best checkpoint) or a .safetensors file")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_predict)
     return parser
 
 

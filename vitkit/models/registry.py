@@ -55,7 +55,7 @@ for _r in (224, 384):
 
 # Small presets: MNIST-size grayscale (28x28) and scikit-learn's 8x8 digits.
 _small = dict(in_chans=1, num_classes=10)
-register("vit_digits_patch2_8", ViTConfig(img_size=8, patch_size=2, embed_dim=96, depth=4, num_heads=4, mlp_dim=192,
+register("vit_digits_patch4_8", ViTConfig(img_size=8, patch_size=4, embed_dim=96, depth=4, num_heads=4, mlp_dim=192,
                                           **_small))
 register("vit_mnist_patch4_28", ViTConfig(img_size=28, patch_size=4, embed_dim=128, depth=6, num_heads=4, mlp_dim=256,
                                           **_small))

@@ -1,0 +1,88 @@
+"""Top-1/top-5, per-class accuracy and the confusion matrix of a classifier over a data loader."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    top1: float
+    top5: float
+    count: int
+    confusion: Tensor            # (true, predicted) counts
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def per_class(self) -> list[float]:
+        totals = self.confusion.sum(1).clamp_min(1)
+        return (self.confusion.diag() / totals).tolist()
+
+    def to_dict(self, classes: list[str] | None = None) -> dict:
+        names = classes or [str(i) for i in range(len(self.confusion))]
+        return {"loss": self.loss, "top1": self.top1, "top5": self.top5, "count": self.count,
+                "per_class": dict(zip(names, self.per_class)), "confusion": self.confusion.tolist(),
+                "skipped": self.skipped}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: str | torch.device = "cpu",
+             autocast_dtype: torch.dtype | None = None) -> Evaluation:
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    loss_sum, n, top1, top5 = 0.0, 0, 0, 0
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    skipped: list[str] = []
+    for batch in loader:
+        skipped += batch["skipped"]
+        if batch["x"] is None:
+            continue
+        x, y = batch["x"].to(device), batch["y"].to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(x)
+        logits = logits.float()
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        top1 += (top[:, 0] == y).sum().item()
+        top5 += (top == y[:, None]).any(dim=1).sum().item()
+        confusion += torch.bincount(y.cpu() * num_classes + top[:, 0].cpu(),
+                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
+        n += len(y)
+    model.train(was_training)
+    n_safe = max(n, 1)
+    return Evaluation(loss_sum / n_safe, top1 / n_safe, top5 / n_safe, n, confusion, skipped)
+
+
+def plot_confusion(confusion: Tensor, classes: list[str], path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * n + 2), max(4, 0.45 * n + 2)))
+    norm = confusion.float() / confusion.sum(1, keepdim=True).clamp_min(1)
+    ax.imshow(norm.numpy(), cmap="Blues", vmin=0, vmax=1)
+    if n <= 30:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        for i in range(n):
+            for j in range(n):
+                if confusion[i, j]:
+                    ax.text(j, i, str(int(confusion[i, j])), ha="center", va="center", fontsize=7,
+                            color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title or "confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,373 @@
+"""`vitkit train`: one function from a RunConfig to a finished run folder.
+
+Exact resumption rests on three rules: data order and augmentation are functions of (seed, epoch,
+index); checkpoints are taken only at optimizer-step boundaries, with the global RNG state; and the
+learning rate is a function of the step alone.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..checkpoint import load_state, load_state_dict_checked, model_meta, save_state, save_weights
+from ..config import RunConfig, build_config, save_config
+from ..data.datasets import EpochBatches, build_data, make_loader, measure_loader
+from ..data.sources import warn_skipped
+from ..data.transforms import mix_batch
+from ..errors import VitkitError
+from ..evaluate import evaluate
+from ..models import build_model, count_params, model_config
+from .optim import EMA, build_optimizer, lr_at
+from .run_dir import MetricsLog, default_run_dir, plot_curves
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise VitkitError(f"unknown device '{name}' (cpu, cuda, cuda:N, mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VitkitError(f"device '{name}' requested but CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise VitkitError("device 'mps' requested but MPS is not available on this machine")
+    return device
+
+
+class Trainer:
+    """Holds the state of one run; `run()` trains to the end or until `request_stop()` (or Ctrl-C)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
+                 on_step: Callable[["Trainer"], None] | None = None):
+        self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.on_step = on_step
+        self.stop_requested = False
+        self.ckpt_dir = run_dir / "checkpoints"
+
+    def request_stop(self) -> None:
+        """Finish the current step, save `last`, and return (what Ctrl-C does)."""
+        self.stop_requested = True
+
+    # --- setup ----------------------------------------------------------------------------------
+    def _setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if t.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = resolve_device(t.device)
+        self.amp_dtype = AMP_DTYPES[t.amp]
+        if t.amp == "fp16" and self.device.type != "cuda":
+            raise VitkitError("train.amp=fp16 needs a CUDA device; use bf16 or none on CPU")
+        torch.manual_seed(t.seed)
+        overrides = cfg.model_overrides
+        base = model_config(cfg.model_name, **overrides)
+        self.data = build_data(cfg.data, cfg.aug, base.img_size, overrides.get("in_chans"), t.seed)
+        if "num_classes" in overrides and overrides["num_classes"] != self.data.num_classes:
+            raise VitkitError(f"model.num_classes={overrides['num_classes']} but {cfg.data.spec} has "
+                              f"{self.data.num_classes} classes")
+        self.model_cfg = base.replace(num_classes=self.data.num_classes, in_chans=self.data.pre.in_chans)
+        self.model = build_model(self.model_cfg).to(self.device)
+        self.params = count_params(self.model_cfg)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.sampler = EpochBatches(len(self.data.train), t.batch_size, t.seed, shuffle=True,
+                                    drop_last=len(self.data.train) > t.batch_size)
+        self.batches_per_epoch = len(self.sampler)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.optim.accum_steps)
+        self.total_steps = t.epochs * self.steps_per_epoch
+        self.warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_acc, self.best_loss, self.best_step = -1.0, float("inf"), 0
+        self.skipped: set[str] = set()
+        self.nonfinite_skipped = 0
+        self.running = {"loss": 0.0, "correct": 0, "seen": 0}
+        if self.resume:
+            self._load_state()
+        self.meta = {"model_name": self.cfg.model_name, "classes": self.data.classes,
+                     "preprocess": self.data.pre.to_dict(), "data": cfg.data.spec}
+
+    # --- checkpoints ---------------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": torch.get_rng_state(),
+                "ema": self.ema.shadow if self.ema else None, "best_acc": self.best_acc, "best_loss": self.best_loss, "best_step": self.best_step,
+                "running": dict(self.running), "skipped": sorted(self.skipped),
+                "scaler": self.scaler.state_dict() if self.scaler else None}
+
+    def _load_state(self) -> None:
+        st = load_state(self.ckpt_dir / "last.state.pt")
+        load_state_dict_checked(self.model, st["model"], str(self.ckpt_dir / "last.state.pt"))
+        self.optimizer.load_state_dict(st["optimizer"])
+        self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
+        self.best_acc, self.best_loss, self.best_step = st["best_acc"], st["best_loss"], st["best_step"]
+        self.running, self.skipped = st["running"], set(st["skipped"])
+        if self.ema and st["ema"] is not None:
+            self.ema.shadow = st["ema"]
+        if self.scaler and st["scaler"]:
+            self.scaler.load_state_dict(st["scaler"])
+        torch.set_rng_state(st["rng"])
+
+    def eval_model(self) -> nn.Module:
+        if self.ema is None:
+            return self.model
+        shadow = build_model(self.model_cfg).to(self.device)
+        shadow.load_state_dict(self.ema.shadow)
+        return shadow
+
+    def save_last(self) -> None:
+        save_state(self.ckpt_dir / "last.state.pt", self._state())
+        save_weights(self.ckpt_dir / "last.safetensors", self.eval_model(),
+                     model_meta(self.model, step=self.step, epoch=self.epoch, **self.meta))
+
+    # --- one optimisation step -------------------------------------------------------------------------
+    def _forward_backward(self, batch: dict) -> tuple[float, int, int]:
+        cfg = self.cfg
+        x, y = batch["x"].to(self.device), batch["y"].to(self.device)
+        g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7 + self.batch_in_epoch)
+        x, target = mix_batch(x, y, self.data.num_classes, cfg.aug.mixup, cfg.aug.cutmix, g, cfg.aug.label_smoothing)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(x)
+        loss = F.cross_entropy(logits.float(), target.to(self.device))
+        if not torch.isfinite(loss):
+            return float(loss), 0, len(y)
+        scaled = loss / cfg.optim.accum_steps
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        return loss.item(), int((logits.argmax(1) == y).sum()), len(y)
+
+    def _optimizer_step(self) -> float:
+        lr = lr_at(self.step, self.total_steps, self.warmup, self.cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.optim.clip_grad
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        if not torch.isfinite(norm):
+            self._nonfinite(f"gradient norm became {float(norm)}")
+            self.optimizer.zero_grad(set_to_none=True)
+            return lr
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update(self.model)
+        return lr
+
+    def _nonfinite(self, what: str) -> None:
+        if self.cfg.train.skip_nonfinite:
+            self.nonfinite_skipped += 1
+            return
+        last = self.ckpt_dir / "last.state.pt"
+        kept = f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint had been written yet"
+        raise VitkitError(f"{what} at step {self.step + 1}; training stopped, {kept} "
+                          f"(set train.skip_nonfinite=true to skip such steps)")
+
+    # --- the loop ------------------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        t_start = time.perf_counter()
+        self._setup()
+        cfg, t = self.cfg, self.cfg.train
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resume:
+            save_config(cfg, self.run_dir / "config.yaml")
+        log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if self.resume else None)
+        if t.tensorboard:
+            log.attach_tensorboard(self.run_dir / "tensorboard")
+        loader_rate = measure_loader(make_loader(self.data.train, t.batch_size, cfg.data.num_workers,
+                                                 EpochBatches(len(self.data.train), t.batch_size, t.seed)), 5)
+        self._say(f"run {self.run_dir}: {cfg.model_name} ({self.params:,} parameters) on {cfg.data.spec}: "
+                  f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} test images, "
+                  f"{self.data.num_classes} classes; batch {t.batch_size} x accum {cfg.optim.accum_steps}, "
+                  f"{self.total_steps} steps; data loader alone: {loader_rate:,.0f} img/s")
+        previous = signal.getsignal(signal.SIGINT)
+        in_main = _in_main_thread()
+        if in_main:
+            signal.signal(signal.SIGINT, self._on_sigint)
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step", dynamic_ncols=True)
+        train_time = 0.0
+        status = "completed"
+        try:
+            while self.epoch < t.epochs and not self.stop_requested:
+                train_time += self._run_epoch(log, bar)
+        finally:
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+            if bar is not None:
+                bar.close()
+        if self.stop_requested and self.epoch < t.epochs:
+            status = "interrupted"
+            self.save_last()
+            self._say(f"interrupted at step {self.step}; resume with: vitkit train --resume {self.run_dir}")
+        summary = self._finish(log, status, time.perf_counter() - t_start, train_time, loader_rate)
+        log.close()
+        return summary
+
+    def _run_epoch(self, log: MetricsLog, bar) -> float:
+        cfg, t = self.cfg, self.cfg.train
+        self.sampler.epoch = self.data.train.epoch = self.epoch
+        self.sampler.skip = self.batch_in_epoch
+        loader = make_loader(self.data.train, t.batch_size, cfg.data.num_workers, self.sampler)
+        self.model.train()
+        accum = cfg.optim.accum_steps
+        micro, t_epoch, t_log, wait, imgs_since_log = 0, time.perf_counter(), time.perf_counter(), 0.0, 0
+        t_wait = time.perf_counter()
+        for batch in loader:
+            wait += time.perf_counter() - t_wait
+            self.batch_in_epoch += 1
+            if batch["skipped"]:
+                new = set(batch["skipped"]) - self.skipped
+                self.skipped |= new
+                warn_skipped(sorted(new))
+            if batch["x"] is not None:
+                loss, correct, n = self._forward_backward(batch)
+                if not math.isfinite(loss):
+                    self._nonfinite(f"loss became {loss}")
+                    self.optimizer.zero_grad(set_to_none=True)
+                    micro = 0
+                    t_wait = time.perf_counter()
+                    continue
+                self.running["loss"] += loss * n
+                self.running["correct"] += correct
+                self.running["seen"] += n
+                imgs_since_log += n
+                micro += 1
+            last_batch = self.batch_in_epoch == self.batches_per_epoch
+            if micro == accum or (last_batch and micro):
+                lr = self._optimizer_step()
+                self.step += 1
+                micro = 0
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct / max(n, 1):.3f}", lr=f"{lr:.2e}")
+                if self.step % t.log_every == 0:
+                    now = time.perf_counter()
+                    rec = {"kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": loss,
+                           "acc": correct / max(n, 1), "lr": lr, "img_s": imgs_since_log / (now - t_log)}
+                    log.write(rec)
+                    if bar is None:
+                        self._say(f"epoch {self.epoch + 1}/{t.epochs} step {self.step}/{self.total_steps} "
+                                  f"loss {loss:.4f} acc {rec['acc']:.3f} lr {lr:.2e} {rec['img_s']:.0f} img/s")
+                    t_log, imgs_since_log = now, 0
+                if self.on_step:
+                    self.on_step(self)
+                if t.checkpoint_every and self.step % t.checkpoint_every == 0 and not last_batch:
+                    self.save_last()
+                if self.stop_requested and not last_batch:
+                    return time.perf_counter() - t_epoch
+            t_wait = time.perf_counter()
+        elapsed = time.perf_counter() - t_epoch
+        self._end_epoch(log, elapsed, wait)
+        return elapsed
+
+    def _end_epoch(self, log: MetricsLog, elapsed: float, wait: float) -> None:
+        t = self.cfg.train
+        val_loader = make_loader(self.data.val, t.eval_batch_size, self.cfg.data.num_workers)
+        ev = evaluate(self.eval_model(), val_loader, self.data.num_classes, self.device, self.amp_dtype)
+        seen = max(self.running["seen"], 1)
+        rec = {"kind": "epoch", "step": self.step, "epoch": self.epoch + 1,
+               "train_loss": self.running["loss"] / seen, "train_acc": self.running["correct"] / seen,
+               "val_loss": ev.loss, "val_acc": ev.top1, "val_top5": ev.top5,
+               "lr": self.optimizer.param_groups[0]["lr"], "img_s": self.running["seen"] / max(elapsed, 1e-9),
+               "data_wait_frac": wait / max(elapsed, 1e-9), "epoch_time_s": elapsed}
+        log.write(rec)
+        self._say(f"epoch {self.epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}"
+                  f" | val loss {ev.loss:.4f} acc {ev.top1:.4f} | {rec['img_s']:.0f} img/s, {elapsed:.1f}s")
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        self.running = {"loss": 0.0, "correct": 0, "seen": 0}
+        improved = (ev.top1, -ev.loss) > (self.best_acc, -self.best_loss)  # ties go to the lower val loss
+        if improved:
+            self.best_acc, self.best_loss, self.best_step = ev.top1, ev.loss, self.step
+        self.save_last()
+        if improved:
+            save_weights(self.ckpt_dir / "best.safetensors", self.eval_model(),
+                         model_meta(self.model, step=self.step, epoch=self.epoch, val_acc=ev.top1, **self.meta))
+
+    def _finish(self, log: MetricsLog, status: str, wall: float, train_time: float, loader_rate: float) -> dict:
+        records = log.read()
+        plot_curves(records, self.run_dir / "curves.png")
+        summary: dict[str, Any] = {
+            "status": status, "model": self.cfg.model_name, "data": self.cfg.data.spec, "params": self.params,
+            "epochs": self.epoch, "steps": self.step, "best_val_acc": self.best_acc, "best_step": self.best_step,
+            "wall_time_s": round(wall, 2), "train_time_s": round(train_time, 2),
+            "img_s": _mean([r["img_s"] for r in records if r.get("kind") == "epoch"]),
+            "loader_img_s": round(loader_rate, 1), "skipped_files": len(self.skipped),
+            "skipped": sorted(self.skipped)[:100], "nonfinite_steps_skipped": self.nonfinite_skipped,
+            "run_dir": str(self.run_dir),
+        }
+        if status == "completed":
+            from ..checkpoint import load_checkpoint
+
+            best, _ = load_checkpoint(self.ckpt_dir / "best.safetensors", self.device)
+            test_loader = make_loader(self.data.test, self.cfg.train.eval_batch_size, self.cfg.data.num_workers)
+            ev = evaluate(best, test_loader, self.data.num_classes, self.device, self.amp_dtype)
+            summary.update(test_acc=ev.top1, test_top5=ev.top5, test_loss=ev.loss, test_count=ev.count)
+            self._say(f"done in {wall:.1f}s: best val acc {self.best_acc:.4f} (step {self.best_step}), "
+                      f"test acc {ev.top1:.4f} top-5 {ev.top5:.4f} on {ev.count} images -> {self.run_dir}")
+        import json
+
+        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.stop_requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def _say(self, msg: str) -> None:
+        if self.progress:
+            from tqdm import tqdm
+
+            tqdm.write(msg)
+        else:
+            print(msg, flush=True)
+
+
+def _mean(xs: list[float]) -> float:
+    return round(sum(xs) / len(xs), 1) if xs else 0.0
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progress: bool | None = None,
+          on_step: Callable[[Trainer], None] | None = None, epochs: int | None = None) -> dict[str, Any]:
+    """Train a model as `cfg` says (defaults: the small ViT on the digits); or continue the run in `resume`.
+    Returns the summary that is also written to summary.json."""
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "checkpoints" / "last.state.pt").is_file():
+            raise VitkitError(f"cannot resume {run_dir}: no checkpoints/last.state.pt in it")
+        cfg = build_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else None)
+        if epochs:
+            save_config(cfg, run_dir / "config.yaml")
+        return Trainer(cfg, run_dir, resume=True, progress=progress, on_step=on_step).run()
+    cfg = cfg or build_config()
+    run_dir = Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg.model_name)
+    if (run_dir / "checkpoints").exists():
+        raise VitkitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+    return Trainer(cfg, run_dir, progress=progress, on_step=on_step).run()
