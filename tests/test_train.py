@@ -1,0 +1,241 @@
+"""Training end to end: run folder, resume exactness, eval/predict, configuration and failure paths."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+
+from helpers import make_image_folder
+from vitkit import VitkitError
+from vitkit.checkpoint import load_checkpoint, load_state_dict_checked
+from vitkit.config import build_config
+from vitkit.models import create_model
+from vitkit.train import train
+from vitkit.train.optim import lr_at, param_groups
+
+QUICK = ["model.name=vit_digits_patch4_8", "model.embed_dim=32", "model.mlp_dim=64", "model.depth=2",
+         "train.batch_size=64", "train.epochs=2", "train.tensorboard=false", "train.log_every=5",
+         "optim.lr=3e-3", "optim.warmup_epochs=0.5"]
+
+
+def quick_cfg(out: Path, *extra: str, data: str = "synthetic"):
+    return build_config(overrides=QUICK + [f"data.spec={data}", f"train.out={out}", "model.img_size=16"] + list(extra))
+
+
+def vitkit_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "vitkit", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    summary = train(quick_cfg(out, "train.epochs=3", "model.drop_path_rate=0.1"), progress=False)
+    return out, summary
+
+
+def test_run_folder_holds_everything(trained_run):
+    out, summary = trained_run
+    for name in ("config.yaml", "metrics.jsonl", "curves.png", "summary.json", "checkpoints/last.safetensors",
+                 "checkpoints/last.state.pt", "checkpoints/best.safetensors"):
+        assert (out / name).is_file(), name
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    steps = [r for r in records if r["kind"] == "step"]
+    assert len(epochs) == 3 and steps
+    assert {"loss", "acc", "lr", "img_s"} <= set(steps[0]) and {"val_acc", "train_loss", "img_s"} <= set(epochs[0])
+    saved = json.loads((out / "summary.json").read_text())
+    assert saved == json.loads(json.dumps(summary))
+    assert {"test_acc", "best_val_acc", "wall_time_s", "params", "img_s"} <= set(saved)
+    assert saved["test_acc"] > 0.9  # the synthetic task is easy
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["model"]["depth"] == 2 and cfg["data"]["spec"] == "synthetic"
+
+
+def test_checkpoint_records_preprocessing_and_classes(trained_run):
+    out, _ = trained_run
+    model, meta = load_checkpoint(out)
+    assert meta["preprocess"]["img_size"] == [16, 16] and meta["preprocess"]["mean"] == [0.5]
+    assert meta["classes"] == ["class0", "class1", "class2", "class3"] and model.num_classes == 4
+
+
+def test_lr_schedule_warmup_then_cosine():
+    cfg = build_config(overrides=["optim.lr=1.0", "optim.min_lr=0.0"]).optim
+    lrs = [lr_at(s, 100, 10, cfg) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5, abs=0.02) and lrs[99] < 0.01
+    cfg.schedule = "linear"
+    assert lr_at(55, 100, 10, cfg) == pytest.approx(0.5)
+
+
+def test_no_decay_on_biases_norms_positions_tokens():
+    model = create_model("vit_digits_patch4_8")
+    decay, no_decay = param_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.attn.qkv.bias"} <= no_decay_names
+    assert all(p.ndim >= 2 for p in decay["params"]) and "pos_embed" not in {names[id(p)] for p in decay["params"]}
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_and_resumed_run_ends_with_same_weights(tmp_path, workers):
+    extra = ["model.drop_path_rate=0.1", "model.drop_rate=0.1", "aug.randaugment_n=1", "aug.mixup=0.2",
+             "train.deterministic=true", f"data.num_workers={workers}", "optim.accum_steps=2"]
+    full = train(quick_cfg(tmp_path / "full", *extra), progress=False)
+
+    def stop_mid_epoch(trainer):
+        if trainer.step == 11:  # epoch 1 has 15 optimizer steps: stop inside it
+            trainer.request_stop()
+
+    part = train(quick_cfg(tmp_path / "part", *extra), progress=False, on_step=stop_mid_epoch)
+    assert part["status"] == "interrupted" and part["steps"] == 11
+    resumed = train(resume=tmp_path / "part", progress=False)
+    assert resumed["status"] == "completed" and resumed["steps"] == full["steps"]
+    a = load_file(tmp_path / "full" / "checkpoints" / "last.safetensors")
+    b = load_file(tmp_path / "part" / "checkpoints" / "last.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-6
+    assert resumed["test_acc"] == full["test_acc"]
+
+
+def test_resume_extends_epochs_and_refuses_other_flags(tmp_path, trained_run):
+    out, _ = trained_run
+    r = vitkit_cli("train", "--resume", str(out), "--lr", "0.1")
+    assert r.returncode == 2 and "only --epochs may change" in r.stderr and "Traceback" not in r.stderr
+    r = vitkit_cli("train", "--resume", str(tmp_path))
+    assert r.returncode == 2 and "no checkpoints/last.state.pt" in r.stderr
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["optim.lrr=1"], "did you mean 'lr'"),
+    (["optim.lr=-1"], "optim.lr must be > 0"),
+    (["model.patch_size=3"], "patch_size 3 does not divide"),
+    (["train.epochs=ten"], "train.epochs: expected an integer"),
+    (["model.num_heads=5"], "not divisible by num_heads"),
+    (["data.val_fraction=1.5"], "data.val_fraction must be in"),
+    (["optim.name=adamx"], "unknown optim.name"),
+    (["bogus.key=1"], "unknown config section 'bogus'"),
+])
+def test_bad_configuration_rejected_before_any_work(tmp_path, overrides, needle):
+    out = tmp_path / "never"
+    with pytest.raises(VitkitError, match=needle):
+        train(quick_cfg(out, *overrides), progress=False)
+    assert not out.exists()
+
+
+def test_config_file_and_set_overrides(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("model: {name: vit_mnist_patch7_28, depth: 3}\noptim: {lr: 0.5}\n")
+    cfg = build_config(f, ["optim.lr=1e-3", "model.depth=6", "aug.hflip=true"])
+    assert cfg.model == {"name": "vit_mnist_patch7_28", "depth": 6} and cfg.optim.lr == 1e-3 and cfg.aug.hflip
+    f.write_text("optim: [1, 2]\n")
+    with pytest.raises(VitkitError, match="must be a mapping"):
+        build_config(f)
+    with pytest.raises(VitkitError, match="unknown config preset 'mnst'; did you mean 'mnist'"):
+        build_config("mnst")
+
+
+def test_eval_command_writes_metrics_and_confusion(trained_run, tmp_path):
+    out, summary = trained_run
+    r = vitkit_cli("eval", "--checkpoint", str(out), "--data", "synthetic", "--out", str(tmp_path / "ev"))
+    assert r.returncode == 0, r.stderr
+    result = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert result["top1"] == pytest.approx(summary["test_acc"])
+    assert set(result["per_class"]) == {"class0", "class1", "class2", "class3"} and result["top5"] == 1.0
+    assert (tmp_path / "ev" / "confusion.png").stat().st_size > 1000
+    assert f"top-1 {summary['test_acc']:.4f}" in r.stdout
+
+
+def test_predict_applies_stored_preprocessing_and_reports_bad_files(trained_run, tmp_path):
+    out, _ = trained_run
+    img = np.full((48, 48), 20, dtype=np.uint8)
+    img[24:, 24:] = 210  # class 3: bright bottom-right quadrant, at 3x the trained size, in RGB
+    Image.fromarray(img).convert("RGB").save(tmp_path / "q3 with space.png")
+    (tmp_path / "notes.txt").write_text("not an image")
+    r = vitkit_cli("predict", "--checkpoint", str(out), str(tmp_path / "q3 with space.png"), str(tmp_path / "notes.txt"),
+                   "--json", "--top-k", "2")
+    assert r.returncode == 1
+    res = json.loads(r.stdout)
+    assert res[0]["top"][0]["class"] == "class3" and len(res[0]["top"]) == 2
+    assert "notes.txt" in res[1]["error"] and "notes.txt" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_folder_training_with_mixed_sizes_and_a_corrupt_file(tmp_path):
+    root = make_image_folder(tmp_path / "imgs", per_class=15)
+    Image.new("RGB", (40, 23), (230, 230, 230)).save(root / "dog" / "odd_size.png")
+    (root / "eel" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n...")
+    with pytest.warns(UserWarning, match="broken.png"):
+        s = train(quick_cfg(tmp_path / "run", "data.test_fraction=0.01", "data.val_fraction=0.01",
+                            "train.batch_size=8", data=f"folder:{root}"), progress=False)
+    assert s["skipped_files"] == 1 and s["skipped"][0].endswith("broken.png")
+    with pytest.raises(VitkitError, match="broken.png"):
+        train(quick_cfg(tmp_path / "strict", "data.strict=true", "data.test_fraction=0.01",
+                        "data.val_fraction=0.01", "train.batch_size=8", data=f"folder:{root}"), progress=False)
+
+
+def test_checkpoint_model_mismatch_names_keys_and_shapes():
+    small = create_model("vit_digits_patch4_8")
+    other = create_model("vit_digits_patch4_8", embed_dim=64, mlp_dim=128, depth=5)
+    with pytest.raises(VitkitError, match=r"shape mismatch cls_token: file \(1, 1, 64\) vs model \(1, 1, 96\)"):
+        load_state_dict_checked(small, other.state_dict(), "other.safetensors")
+    with pytest.raises(VitkitError, match="unexpected keys blocks.4"):
+        load_state_dict_checked(small, {**small.state_dict(), "blocks.4.norm1.weight": torch.ones(96)}, "x")
+
+
+def test_nonfinite_loss_stops_with_step_and_keeps_last_checkpoint(tmp_path):
+    def poison(trainer):
+        if trainer.step == 5:  # weights go bad after the checkpoint of step 4
+            with torch.no_grad():
+                trainer.model.patch_embed.proj.weight.fill_(float("nan"))
+
+    with pytest.raises(VitkitError, match=r"loss became nan at step 6; training stopped, the last good checkpoint"):
+        train(quick_cfg(tmp_path / "r", "train.checkpoint_every=2"), progress=False, on_step=poison)
+    model, meta = load_checkpoint(tmp_path / "r" / "checkpoints" / "last.safetensors")
+    assert meta["step"] == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_skip_nonfinite_counts_skipped_steps(tmp_path):
+    def poison(trainer):
+        if trainer.step == 3:  # from here on every loss is inf: each step is skipped, none applied
+            with torch.no_grad():
+                trainer.model.head.bias[0] = float("inf")
+
+    s = train(quick_cfg(tmp_path / "b", "train.skip_nonfinite=true"), progress=False, on_step=poison)
+    assert s["status"] == "completed" and s["nonfinite_steps_skipped"] > 0
+
+
+def test_existing_run_dir_is_not_overwritten(trained_run):
+    out, _ = trained_run
+    with pytest.raises(VitkitError, match="already holds a run"):
+        train(quick_cfg(out), progress=False)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for args, needle in ((["train", "--data", f"mnist:{tmp_path}/none"], "does not exist"),
+                         (["train", "--set", "optim.lr=abc"], "optim.lr: expected a number"),
+                         (["eval", "--checkpoint", str(tmp_path), "--data", "digits"], "holds no checkpoint"),
+                         (["train", "--model", "vit_nope"], "unknown model 'vit_nope'")):
+        r = vitkit_cli(*args)
+        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_train_help_explains_every_flag():
+    out = vitkit_cli("train", "--help").stdout
+    for flag in ("--config", "--set", "--data", "--model", "--epochs", "--batch-size", "--lr", "--out", "--seed",
+                 "--device", "--resume", "--download", "--strict", "--workers"):
+        assert flag in out
+
+
+@pytest.mark.slow
+def test_default_train_command_reaches_97_percent_on_digits(tmp_path):
+    """The README's main job: `vitkit train` with no arguments (digits, >= 97% test accuracy)."""
+    r = vitkit_cli("train", "--out", str(tmp_path / "run"), "--no-progress", "--set", "train.tensorboard=false")
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_acc"] >= 0.97 and summary["model"] == "vit_digits_patch4_8"
