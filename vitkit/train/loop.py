@@ -142,7 +142,7 @@ class Trainer:
             logits = self.model(x)
         loss = F.cross_entropy(logits.float(), target.to(self.device))
         if not torch.isfinite(loss):
-            return float(loss), 0, len(y)
+            return loss.item(), 0, len(y)
         scaled = loss / cfg.optim.accum_steps
         (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return loss.item(), int((logits.argmax(1) == y).sum()), len(y)
