@@ -16,3 +16,8 @@ def mnist_dir():
     if not d.is_dir():
         pytest.skip("../shared/data/mnist is not present")
     return d
+
+
+def pytest_collection_modifyitems(items):
+    """Run the JAX parity tests last: once JAX's threads exist, forking DataLoader workers may deadlock."""
+    items.sort(key=lambda item: "test_official_parity" in item.nodeid)

@@ -53,7 +53,15 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append("data.download=true")
         if args.strict:
             overrides.append("data.strict=true")
-        cfg = build_config(args.config or "digits", overrides + list(args.set))
+        if args.init:
+            overrides.append(f"train.init={args.init}")
+            if args.img_size:
+                overrides.append(f"model.img_size={args.img_size}")
+            if args.resample:
+                overrides.append(f"model.resample={args.resample}")
+            if args.keep_head:
+                overrides.append("train.keep_head=true")
+        cfg = build_config(args.config or args.default_config, overrides + list(args.set))
         summary = train(cfg, progress=progress)
     return 0 if summary["status"] == "completed" else 130
 
@@ -93,6 +101,36 @@ def _predict(args: argparse.Namespace) -> int:
     return 1 if any(r.error for r in results) else 0
 
 
+def _run_flags(p: argparse.ArgumentParser, default_config: str) -> None:
+    p.add_argument("--config", metavar="FILE|PRESET",
+                   help=f"YAML file or shipped preset: digits, mnist, vit_pretrain, vit_finetune "
+                        f"(default {default_config})")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one setting, e.g. --set model.depth=6 --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--data", metavar="SPEC",
+                   help="digits | synthetic | mnist:DIR | folder:DIR | cifar10:DIR | cifar100:DIR")
+    p.add_argument("--download", action="store_true",
+                   help="download the dataset into DIR first (mnist, cifar10, cifar100; checksums verified)")
+    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
+    p.add_argument("--epochs", type=int, help="number of epochs (with --resume: extend the run to this many)")
+    p.add_argument("--batch-size", type=int, help="images per optimizer step on this process")
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>-<model>)")
+    p.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation")
+    p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
+    p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
+    p.set_defaults(default_config=default_config)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from .interop import load_model, save_model
+
+    model = load_model(args.src)
+    dst = save_model(model, args.dst, args.to, getattr(model, "pretrained_cfg", {}))
+    print(f"{args.src} ({model.pretrained_cfg['format']}) -> {dst} ({args.to})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -113,26 +151,33 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a model into a run folder (config.yaml, metrics.jsonl, checkpoints/, curves.png, "
                     "summary.json). Settings come from a preset or YAML file, then --set overrides, then the "
                     "flags below. Ctrl-C stops after the current step and saves a resumable checkpoint.")
-    p.add_argument("--config", metavar="FILE|PRESET",
-                   help="YAML file or shipped preset: digits (default), mnist, vit_pretrain, vit_finetune")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one setting, e.g. --set model.depth=6 --set optim.lr=1e-3 (repeatable)")
-    p.add_argument("--data", metavar="SPEC",
-                   help="digits | synthetic | mnist:DIR | folder:DIR | cifar10:DIR | cifar100:DIR")
-    p.add_argument("--download", action="store_true",
-                   help="download the dataset into DIR first (mnist, cifar10, cifar100; checksums verified)")
-    p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
+    _run_flags(p, default_config="digits")
     p.add_argument("--model", metavar="NAME", help="registered model name (see `vitkit models`)")
-    p.add_argument("--epochs", type=int, help="number of epochs (with --resume: extend the run to this many)")
-    p.add_argument("--batch-size", type=int, help="images per optimizer step on this process")
-    p.add_argument("--lr", type=float, help="peak learning rate")
-    p.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>-<model>)")
-    p.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation")
-    p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
-    p.add_argument("--workers", type=int, help="data-loading worker processes")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
-    p.set_defaults(func=_train)
+    p.set_defaults(func=_train, init=None, img_size=None, keep_head=False)
+
+    p = sub.add_parser(
+        "finetune", help="fine-tune pretrained weights on new data (paper 3.2 / B.1.1)",
+        description="Load weights (any format vitkit reads), resample the position embeddings to --img-size, "
+                    "replace the head (and pre-logits layer) by a zero-initialised linear layer for the new "
+                    "classes, and train with the paper's fine-tuning recipe (preset vit_finetune: SGD momentum "
+                    "0.9, no weight decay, warm-up + cosine, clipping at 1) unless --config says otherwise.")
+    p.add_argument("--init", required=True, metavar="SRC",
+                   help="weights to start from: .npz, timm/HF file or folder, vitkit run or .safetensors, Hub name")
+    _run_flags(p, default_config="vit_finetune")
+    p.add_argument("--img-size", type=int, metavar="N", help="fine-tuning resolution (default: the weights' own)")
+    p.add_argument("--resample", choices=["official", "bilinear", "bicubic"],
+                   help="position-embedding resampling (default: the source's own; official for .npz)")
+    p.add_argument("--keep-head", action="store_true", help="keep the old head when the classes match")
+    p.set_defaults(func=_train, model=None, resume=None)
+
+    p = sub.add_parser("convert", help="convert weights between vitkit, timm, Hugging Face and official .npz",
+                       description="Read weights in any supported format and write them in another; the model "
+                                   "is rebuilt from the tensors and must give the same logits.")
+    p.add_argument("src", metavar="SRC", help="weights file, folder or Hub name")
+    p.add_argument("dst", metavar="DST", help="output file (.safetensors, .pth, .npz) or folder (hf)")
+    p.add_argument("--to", required=True, choices=["vitkit", "timm", "hf", "npz"], help="output format")
+    p.set_defaults(func=_convert)
 
     p = sub.add_parser("eval", help="accuracy of a checkpoint on a dataset (top-1/5, per class, confusion matrix)",
                        description="Evaluate a checkpoint with the preprocessing stored in it.")

@@ -72,6 +72,8 @@ class TrainConfig:
     skip_nonfinite: bool = False     # skip a step with NaN/inf loss instead of stopping
     threads: int = 0                 # torch intra-op threads (0: torch's default)
     tensorboard: bool = True         # also log to TensorBoard when the package is installed
+    init: str = ""                   # start from these weights (fine-tuning): any file vitkit.load_model reads
+    keep_head: bool = False          # with init: keep the old head when the classes match (default: new zero head)
 
 
 @dataclass
@@ -157,6 +159,8 @@ def validate(cfg: RunConfig) -> None:
         raise VitkitError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     from .models import model_config
 
+    if cfg.train.init:
+        return  # the architecture comes from the weights file
     if not cfg.model_name:
         raise VitkitError("model.name is missing (a registered name, see `vitkit models`)")
     model_config(cfg.model_name, **cfg.model_overrides)

@@ -148,7 +148,7 @@ class DataBundle:
 
 
 def build_data(cfg: DataConfig, aug: AugConfig, img_size: tuple[int, int], in_chans: int | None,
-               seed: int = 0) -> DataBundle:
+               seed: int = 0, mean: list[float] | None = None, std: list[float] | None = None) -> DataBundle:
     """Load the source, carve val (and a test split for folders without one), wrap in datasets."""
     src = load_source(cfg.spec, cfg.download, in_chans)
     in_chans = in_chans or src.in_chans
@@ -170,7 +170,8 @@ def build_data(cfg: DataConfig, aug: AugConfig, img_size: tuple[int, int], in_ch
             val = test  # no validation requested: the held-out test split also serves for model selection
     if len(train) == 0:
         raise VitkitError(f"{cfg.spec}: the training split is empty")
-    pre = Preprocess(tuple(img_size), in_chans, (PAPER_MEAN,) * in_chans, (PAPER_STD,) * in_chans)
+    pre = Preprocess(tuple(img_size), in_chans, tuple(mean or (PAPER_MEAN,) * in_chans),
+                     tuple(std or (PAPER_STD,) * in_chans))
     return DataBundle(ImageDataset(train, pre, aug, seed, cfg.strict), ImageDataset(val, pre, None, seed, cfg.strict),
                       ImageDataset(test, pre, None, seed, cfg.strict), src.classes, pre, src.skipped)
 

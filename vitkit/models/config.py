@@ -70,6 +70,7 @@ class ViTConfig(ConfigBase):
     drop_path_rate: float = 0.0
     qkv_bias: bool = True
     norm_eps: float = 1e-6
+    fc_norm: bool = False            # LayerNorm after pooling instead of before (timm's avg-pool models)
     resample: str = "bicubic"
     resample_antialias: bool = False
     # Hybrid: BiT ResNet stages in front of the transformer (None: plain ViT; () root only).

@@ -153,7 +153,9 @@ class VisionTransformer(nn.Module):
         self.pos_drop = nn.Dropout(cfg.drop_rate)
         rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList([Block(cfg, r) for r in rates])
-        self.norm = nn.LayerNorm(d, eps=cfg.norm_eps)
+        # Eq. 4 normalises the encoder output; timm's average-pool variant normalises after pooling instead.
+        self.norm = nn.Identity() if cfg.fc_norm else nn.LayerNorm(d, eps=cfg.norm_eps)
+        self.fc_norm = nn.LayerNorm(d, eps=cfg.norm_eps) if cfg.fc_norm else nn.Identity()
         self.pre_logits = nn.Identity()
         if cfg.representation_size:
             self.pre_logits = nn.Sequential()
@@ -190,7 +192,7 @@ class VisionTransformer(nn.Module):
             table = learned_2d(row, col)
             return table if self.pos_embed_cls is None else torch.cat([self.pos_embed_cls, table], dim=1)
         if cfg.pos_embed == "sincos":
-            table = sincos_2d(grid, self.embed_dim).to(self.norm.weight)
+            table = sincos_2d(grid, self.embed_dim).to(self.patch_embed.proj.weight)
             return F.pad(table, (0, 0, self.num_prefix_tokens, 0))  # the class token gets no position
         return None  # "rel" acts inside attention; "none" has no position information
 
@@ -215,7 +217,7 @@ class VisionTransformer(nn.Module):
     def forward_head(self, z: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool (class token, or mean of the patch tokens), optional tanh representation layer, head."""
         y = z[:, 0] if self.cfg.global_pool == "token" else z[:, self.num_prefix_tokens:].mean(dim=1)
-        y = self.pre_logits(y)
+        y = self.pre_logits(self.fc_norm(y))
         return y if pre_logits else self.head(y)
 
     def forward(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
@@ -245,7 +247,7 @@ class VisionTransformer(nn.Module):
             self.cfg = self.cfg.replace(representation_size=None)
         self.cfg = self.cfg.replace(num_classes=num_classes)
         self.num_classes = num_classes
-        self.head = zero_head(self.num_features, num_classes).to(self.norm.weight)
+        self.head = zero_head(self.num_features, num_classes).to(self.patch_embed.proj.weight)
 
     def set_img_size(self, img_size: int | tuple[int, int], mode: str | None = None, antialias: bool | None = None) -> None:
         """Resample the position information permanently for a new input size (fine-tuning at higher

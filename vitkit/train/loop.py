@@ -26,6 +26,7 @@ from ..data.transforms import mix_batch
 from ..errors import VitkitError
 from ..evaluate import evaluate
 from ..models import build_model, count_params, model_config
+from ..models.config import to_pair
 from .optim import EMA, build_optimizer, lr_at
 from .run_dir import MetricsLog, default_run_dir, plot_curves
 
@@ -71,14 +72,9 @@ class Trainer:
         if t.amp == "fp16" and self.device.type != "cuda":
             raise VitkitError("train.amp=fp16 needs a CUDA device; use bf16 or none on CPU")
         torch.manual_seed(t.seed)
-        overrides = cfg.model_overrides
-        base = model_config(cfg.model_name, **overrides)
-        self.data = build_data(cfg.data, cfg.aug, base.img_size, overrides.get("in_chans"), t.seed)
-        if "num_classes" in overrides and overrides["num_classes"] != self.data.num_classes:
-            raise VitkitError(f"model.num_classes={overrides['num_classes']} but {cfg.data.spec} has "
-                              f"{self.data.num_classes} classes")
-        self.model_cfg = base.replace(num_classes=self.data.num_classes, in_chans=self.data.pre.in_chans)
-        self.model = build_model(self.model_cfg).to(self.device)
+        model = self._pretrained_model() if t.init else self._new_model()
+        self.model = model.to(self.device)
+        self.model_cfg = model.cfg
         self.params = count_params(self.model_cfg)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.sampler = EpochBatches(len(self.data.train), t.batch_size, t.seed, shuffle=True,
@@ -96,8 +92,39 @@ class Trainer:
         self.running = {"loss": 0.0, "correct": 0, "seen": 0}
         if self.resume:
             self._load_state()
-        self.meta = {"model_name": self.cfg.model_name, "classes": self.data.classes,
+        name = f"init:{Path(t.init).name}" if t.init else self.cfg.model_name
+        self.meta = {"model_name": name, "classes": self.data.classes,
                      "preprocess": self.data.pre.to_dict(), "data": cfg.data.spec}
+
+    def _new_model(self) -> nn.Module:
+        cfg = self.cfg
+        overrides = cfg.model_overrides
+        base = model_config(cfg.model_name, **overrides)
+        self.data = build_data(cfg.data, cfg.aug, base.img_size, overrides.get("in_chans"), cfg.train.seed)
+        if "num_classes" in overrides and overrides["num_classes"] != self.data.num_classes:
+            raise VitkitError(f"model.num_classes={overrides['num_classes']} but {cfg.data.spec} has "
+                              f"{self.data.num_classes} classes")
+        return build_model(base.replace(num_classes=self.data.num_classes, in_chans=self.data.pre.in_chans))
+
+    def _pretrained_model(self) -> nn.Module:
+        """Fine-tuning (paper 3.2, B.1.1): load `train.init`, resample positions to the new size, new zero head."""
+        from ..interop import POST_LOAD, load_model
+
+        cfg, t = self.cfg, self.cfg.train
+        overrides = cfg.model_overrides
+        model = load_model(t.init, **{k: v for k, v in overrides.items() if k not in POST_LOAD})
+        pre = model.pretrained_cfg.get("preprocess", {})
+        img_size = to_pair(overrides.get("img_size", model.cfg.img_size))
+        self.data = build_data(cfg.data, cfg.aug, img_size, model.cfg.in_chans, t.seed,
+                               mean=pre.get("mean"), std=pre.get("std"))
+        if img_size != tuple(model.cfg.img_size):
+            if hasattr(model, "set_img_size"):
+                model.set_img_size(img_size, mode=overrides.get("resample"))
+            else:
+                model.cfg = model.cfg.replace(img_size=img_size)
+        if not t.keep_head or model.num_classes != self.data.num_classes:
+            model.reset_classifier(self.data.num_classes)
+        return model
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
