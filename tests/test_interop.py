@@ -193,3 +193,35 @@ def test_convert_command(tmp_path):
                         str(tmp_path / "w.npz"), "--to", "npz"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert load_model(tmp_path / "w.npz").cfg.depth == 2
+
+
+def test_big_vision_layout_loads(tmp_path):
+    """big_vision names: params/ prefix, top-level pos_embedding, *_0 module numbering, scanned blocks."""
+    model = tiny(act="gelu_tanh", resample="official")
+    save_model(model, tmp_path / "m.npz", "npz")
+    with np.load(tmp_path / "m.npz") as f:
+        arrays = {k: f[k] for k in f.files}
+    bv = {}
+    for k, v in arrays.items():
+        k = (k.replace("Transformer/posembed_input/pos_embedding", "pos_embedding")
+             .replace("MultiHeadDotProductAttention_1", "MultiHeadDotProductAttention_0")
+             .replace("LayerNorm_2", "LayerNorm_1").replace("MlpBlock_3", "MlpBlock_0"))
+        bv["params/img/" + k] = v
+    stacked = {}
+    for k in [k for k in bv if "encoderblock_0/" in k]:  # scan the blocks: one stacked array each
+        stacked[k.replace("encoderblock_0/", "encoderblock/")] = np.stack([bv.pop(k), bv.pop(k.replace("encoderblock_0/", "encoderblock_1/"))])
+    np.savez(tmp_path / "bv.npz", **bv, **stacked)
+    back = load_model(tmp_path / "bv.npz").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(back(x), model(x))
+
+
+def test_predict_and_eval_accept_any_weights_format(tmp_path):
+    from vitkit.predict import predict
+    model = tiny(embed_dim=192)
+    save_model(model, tmp_path / "w.npz", "npz")
+    from PIL import Image
+    Image.new("RGB", (50, 40), (10, 200, 30)).save(tmp_path / "a.png")
+    res = predict(tmp_path / "w.npz", [tmp_path / "a.png"], top_k=2)
+    assert res[0].error is None and len(res[0].top) == 2

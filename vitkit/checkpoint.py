@@ -110,8 +110,28 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return p
 
 
+def _is_vitkit(path: str | Path) -> bool:
+    p = Path(path)
+    if p.is_dir():
+        return any((p / n).is_file() for n in ("checkpoints/best.safetensors", "checkpoints/last.safetensors",
+                                               "best.safetensors", "last.safetensors"))
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
+    try:
+        with safe_open(str(p), framework="pt") as f:
+            return META_KEY in (f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return True  # let read_meta report the broken file
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """Build the model a vitkit checkpoint describes and load its weights; returns (model in eval mode, meta)."""
+    """The model a checkpoint describes, loaded, in eval mode, and its metadata (preprocessing, classes).
+    vitkit runs and files directly; any other format (npz, timm, HF, Hub names) through vitkit.load_model."""
+    if not _is_vitkit(path):
+        from .interop import load_model
+
+        model = load_model(path)
+        return model.to(device).eval(), dict(model.pretrained_cfg)
     p = resolve_checkpoint(path)
     meta = read_meta(p)
     model = build_model(config_from_meta(meta))
