@@ -131,6 +131,31 @@ def _convert(args: argparse.Namespace) -> None:
     print(f"{args.src} ({model.pretrained_cfg['format']}) -> {dst} ({args.to})")
 
 
+def _explain(args: argparse.Namespace) -> int:
+    from .analysis import explain
+
+    results = explain(args.checkpoint, args.images, args.out, args.top_k, args.device)
+    for r in results:
+        if "error" in r:
+            print(f"vitkit explain: error: {r['error']}", file=sys.stderr)
+        else:
+            top = ", ".join(f"{t['class']} {t['prob']:.4f}" for t in r["top"])
+            print(f"{r['image']}: {top} -> {r['rollout_png']}")
+    return 1 if any("error" in r for r in results) else 0
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from .analysis import analyze
+
+    r = analyze(args.checkpoint, args.data, args.out, args.num_images, device=args.device)
+    print("mean attention distance per layer (pixels): "
+          + ", ".join(f"{v:.2f}" for v in r["per_layer_mean_distance"]))
+    ps = r["position_similarity"]
+    if "skipped" not in ps:
+        print("position-embedding similarity: " + ", ".join(f"{k} {v:.3f}" for k, v in ps.items()))
+    print(f"wrote {args.out}/report.html")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -178,6 +203,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dst", metavar="DST", help="output file (.safetensors, .pth, .npz) or folder (hf)")
     p.add_argument("--to", required=True, choices=["vitkit", "timm", "hf", "npz"], help="output format")
     p.set_defaults(func=_convert)
+
+    p = sub.add_parser("explain", help="attention-rollout maps and per-head attention for images",
+                       description="For each image: attention rollout (Abnar & Zuidema, as in the paper) drawn over "
+                                   "the image at its original size, the raw map (.npy), the last layer's attention "
+                                   "per head, and the top-k prediction (explain.json).")
+    p.add_argument("--checkpoint", required=True, metavar="SRC", help="run folder or weights in any format")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--top-k", type=int, default=5, help="classes to report per image (default 5)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_explain)
+
+    p = sub.add_parser("analyze", help="the paper's Figure 7: attention distance, position similarity, filters",
+                       description="Mean attention distance per head and layer over --num-images test images, "
+                                   "position-embedding similarity, and the principal components of the patch-"
+                                   "embedding filters: PNG + JSON each, and a self-contained report.html.")
+    p.add_argument("--checkpoint", required=True, metavar="SRC", help="run folder or weights in any format")
+    p.add_argument("--data", required=True, metavar="SPEC", help="data spec, as for train (its test split is used)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--num-images", type=int, default=128, help="images for the attention distance (default 128)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=_analyze)
 
     p = sub.add_parser("eval", help="accuracy of a checkpoint on a dataset (top-1/5, per class, confusion matrix)",
                        description="Evaluate a checkpoint with the preprocessing stored in it.")

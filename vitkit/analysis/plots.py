@@ -1,0 +1,109 @@
+"""The pictures: rollout overlays, per-head attention grids, and the three panels of the paper's Figure 7."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def overlay(image: np.ndarray, heat: Tensor, path: Path, alpha: float = 0.5) -> None:
+    """Heat map resized to the image's original size and blended over it (PNG, same pixel size)."""
+    from matplotlib import colormaps
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    heat = F.interpolate(heat[None, None].float(), size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+    colour = colormaps["jet"](heat.clamp(0, 1).numpy())[..., :3]
+    base = image.astype(np.float32) / 255.0
+    if base.ndim == 2:
+        base = np.repeat(base[..., None], 3, axis=2)
+    blend = (1 - alpha) * base + alpha * colour
+    Image.fromarray((blend * 255 + 0.5).astype(np.uint8)).save(path)
+
+
+def head_grid(maps: Tensor, path: Path, title: str) -> None:
+    """(heads, H, W) attention maps as a row of small images."""
+    plt = _plt()
+    n = maps.shape[0]
+    cols = min(n, 8)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(maps[i].numpy(), cmap="viridis")
+            ax.set_title(f"head {i}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def distance_scatter(dist: Tensor, path: Path, title: str) -> None:
+    """The paper's Figure 7 (right): one dot per head, network depth on x, mean distance on y."""
+    plt = _plt()
+    layers, heads = dist.shape
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for h in range(heads):
+        ax.scatter(np.arange(1, layers + 1), dist[:, h].numpy(), s=14, label=f"head {h}")
+    ax.plot(np.arange(1, layers + 1), dist.mean(1).numpy(), "k--", lw=1, label="mean")
+    ax.set(xlabel="network depth (layer)", ylabel="mean attention distance (pixels)", title=title)
+    ax.grid(alpha=0.3)
+    if heads <= 16:
+        ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def similarity_grid(sim: Tensor, path: Path, title: str) -> None:
+    """Figure 7 (centre): for each position, its similarity map to all positions, laid out as the grid."""
+    plt = _plt()
+    gh, gw = sim.shape[:2]
+    fig, axes = plt.subplots(gh, gw, figsize=(0.6 * gw + 1, 0.6 * gh + 0.6), squeeze=False)
+    for i in range(gh):
+        for j in range(gw):
+            ax = axes[i, j]
+            ax.imshow(sim[i, j].numpy(), vmin=-1, vmax=1, cmap="viridis")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def filter_grid(components: Tensor, path: Path, title: str) -> None:
+    """Figure 7 (left): principal components of the patch-embedding filters as image patches."""
+    plt = _plt()
+    k = components.shape[0]
+    cols = min(k, 7)
+    rows = -(-k // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i >= k:
+            continue
+        c = components[i]
+        c = (c - c.min()) / (c.max() - c.min()).clamp_min(1e-12)
+        if c.shape[0] == 3:
+            ax.imshow(c.permute(1, 2, 0).numpy())
+        else:
+            ax.imshow(c[0].numpy(), cmap="gray")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
