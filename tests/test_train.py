@@ -218,7 +218,7 @@ def test_existing_run_dir_is_not_overwritten(trained_run):
 def test_cli_errors_are_one_line(tmp_path):
     for args, needle in ((["train", "--data", f"mnist:{tmp_path}/none"], "does not exist"),
                          (["train", "--set", "optim.lr=abc"], "optim.lr: expected a number"),
-                         (["eval", "--checkpoint", str(tmp_path), "--data", "digits"], "holds no checkpoint"),
+                         (["eval", "--checkpoint", str(tmp_path), "--data", "digits"], "holds no weights"),
                          (["train", "--model", "vit_nope"], "unknown model 'vit_nope'")):
         r = vitkit_cli(*args)
         assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -218,7 +218,7 @@ class Trainer:
             log.attach_tensorboard(self.run_dir / "tensorboard")
         loader_rate = measure_loader(make_loader(self.data.train, t.batch_size, cfg.data.num_workers,
                                                  EpochBatches(len(self.data.train), t.batch_size, t.seed)), 5)
-        self._say(f"run {self.run_dir}: {cfg.model_name} ({self.params:,} parameters) on {cfg.data.spec}: "
+        self._say(f"run {self.run_dir}: {self.meta['model_name']} ({self.params:,} parameters) on {cfg.data.spec}: "
                   f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} test images, "
                   f"{self.data.num_classes} classes; batch {t.batch_size} x accum {cfg.optim.accum_steps}, "
                   f"{self.total_steps} steps; data loader alone: {loader_rate:,.0f} img/s")
@@ -285,7 +285,9 @@ class Trainer:
                 micro = 0
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct / max(n, 1):.3f}", lr=f"{lr:.2e}")
+                    rate = bar.format_dict.get("rate") or 0.0  # steps/s, smoothed by tqdm
+                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct / max(n, 1):.3f}", lr=f"{lr:.2e}",
+                                    img_s=f"{rate * t.batch_size * cfg.optim.accum_steps:.0f}")
                 if self.step % t.log_every == 0:
                     now = time.perf_counter()
                     rec = {"kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": loss,
@@ -334,7 +336,7 @@ class Trainer:
         records = log.read()
         plot_curves(records, self.run_dir / "curves.png")
         summary: dict[str, Any] = {
-            "status": status, "model": self.cfg.model_name, "data": self.cfg.data.spec, "params": self.params,
+            "status": status, "model": self.meta["model_name"], "data": self.cfg.data.spec, "params": self.params,
             "epochs": self.epoch, "steps": self.step, "best_val_acc": self.best_acc, "best_step": self.best_step,
             "wall_time_s": round(wall, 2), "train_time_s": round(train_time, 2),
             "img_s": _mean([r["img_s"] for r in records if r.get("kind") == "epoch"]),
