@@ -34,22 +34,29 @@ def overlay(image: np.ndarray, heat: Tensor, path: Path, alpha: float = 0.5) -> 
     Image.fromarray((blend * 255 + 0.5).astype(np.uint8)).save(path)
 
 
-def head_grid(maps: Tensor, path: Path, title: str) -> None:
-    """(heads, H, W) attention maps as a row of small images."""
+def _tiles(images: list[tuple[np.ndarray, dict, str]], path: Path, title: str, max_cols: int, cell: float) -> None:
+    """A grid of small images (array, imshow options, caption) with a title, saved as PNG."""
     plt = _plt()
-    n = maps.shape[0]
-    cols = min(n, 8)
+    n = len(images)
+    cols = min(n, max_cols)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.6 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cell * cols, cell * rows + 0.4), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
         if i < n:
-            ax.imshow(maps[i].numpy(), cmap="viridis")
-            ax.set_title(f"head {i}", fontsize=7)
+            arr, opts, caption = images[i]
+            ax.imshow(arr, **opts)
+            if caption:
+                ax.set_title(caption, fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def head_grid(maps: Tensor, path: Path, title: str) -> None:
+    """(heads, H, W) attention maps as a row of small images."""
+    _tiles([(m.numpy(), {"cmap": "viridis"}, f"head {i}") for i, m in enumerate(maps)], path, title, 8, 1.6)
 
 
 def distance_scatter(dist: Tensor, path: Path, title: str) -> None:
@@ -88,22 +95,8 @@ def similarity_grid(sim: Tensor, path: Path, title: str) -> None:
 
 def filter_grid(components: Tensor, path: Path, title: str) -> None:
     """Figure 7 (left): principal components of the patch-embedding filters as image patches."""
-    plt = _plt()
-    k = components.shape[0]
-    cols = min(k, 7)
-    rows = -(-k // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.2 * cols, 1.2 * rows + 0.4), squeeze=False)
-    for i, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if i >= k:
-            continue
-        c = components[i]
+    tiles = []
+    for c in components:
         c = (c - c.min()) / (c.max() - c.min()).clamp_min(1e-12)
-        if c.shape[0] == 3:
-            ax.imshow(c.permute(1, 2, 0).numpy())
-        else:
-            ax.imshow(c[0].numpy(), cmap="gray")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        tiles.append((c.permute(1, 2, 0).numpy(), {}, "") if c.shape[0] == 3 else (c[0].numpy(), {"cmap": "gray"}, ""))
+    _tiles(tiles, path, title, 7, 1.2)
