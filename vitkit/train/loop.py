@@ -7,6 +7,7 @@ learning rate is a function of the step alone.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import sys
@@ -353,8 +354,6 @@ class Trainer:
             summary.update(test_acc=ev.top1, test_top5=ev.top5, test_loss=ev.loss, test_count=ev.count)
             self._say(f"done in {wall:.1f}s: best val acc {self.best_acc:.4f} (step {self.best_step}), "
                       f"test acc {ev.top1:.4f} top-5 {ev.top5:.4f} on {ev.count} images -> {self.run_dir}")
-        import json
-
         (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
