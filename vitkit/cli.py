@@ -156,6 +156,15 @@ def _analyze(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}/report.html")
 
 
+def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="SRC",
+                   help="a run folder (its best checkpoint) or weights in any format vitkit reads")
+
+
+def _device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vitkit",
@@ -208,33 +217,32 @@ def build_parser() -> argparse.ArgumentParser:
                        description="For each image: attention rollout (Abnar & Zuidema, as in the paper) drawn over "
                                    "the image at its original size, the raw map (.npy), the last layer's attention "
                                    "per head, and the top-k prediction (explain.json).")
-    p.add_argument("--checkpoint", required=True, metavar="SRC", help="run folder or weights in any format")
+    _checkpoint_flag(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--top-k", type=int, default=5, help="classes to report per image (default 5)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    _device_flag(p)
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("analyze", help="the paper's Figure 7: attention distance, position similarity, filters",
                        description="Mean attention distance per head and layer over --num-images test images, "
                                    "position-embedding similarity, and the principal components of the patch-"
                                    "embedding filters: PNG + JSON each, and a self-contained report.html.")
-    p.add_argument("--checkpoint", required=True, metavar="SRC", help="run folder or weights in any format")
+    _checkpoint_flag(p)
     p.add_argument("--data", required=True, metavar="SPEC", help="data spec, as for train (its test split is used)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--num-images", type=int, default=128, help="images for the attention distance (default 128)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    _device_flag(p)
     p.set_defaults(func=_analyze)
 
     p = sub.add_parser("eval", help="accuracy of a checkpoint on a dataset (top-1/5, per class, confusion matrix)",
                        description="Evaluate a checkpoint with the preprocessing stored in it.")
-    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE",
-                   help="a run folder (its best checkpoint) or a .safetensors file")
+    _checkpoint_flag(p)
     p.add_argument("--data", required=True, metavar="SPEC", help="data spec, as for train")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split (default test)")
     p.add_argument("--out", metavar="DIR", help="write eval.json and confusion.png here")
     p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    _device_flag(p)
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_eval)
@@ -243,12 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Predict classes of image files with the checkpoint's own preprocessing "
                                    "(size, channels, mean/std). Unreadable files are reported by name; the "
                                    "others are still predicted (exit status 1 if any failed).")
-    p.add_argument("--checkpoint", required=True, metavar="RUN_OR_FILE",
-                   help="a run folder (its best checkpoint) or a .safetensors file")
+    _checkpoint_flag(p)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
+    _device_flag(p)
     p.set_defaults(func=_predict)
     return parser
 
