@@ -59,7 +59,7 @@ class OptimConfig:
 @dataclass
 class TrainConfig:
     epochs: int = 10
-    batch_size: int = 128
+    batch_size: int = 128            # global: all processes together (each takes batch_size / world size)
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "cpu"              # cpu | cuda | cuda:N | mps
@@ -74,6 +74,8 @@ class TrainConfig:
     tensorboard: bool = True         # also log to TensorBoard when the package is installed
     init: str = ""                   # start from these weights (fine-tuning): any file vitkit.load_model reads
     keep_head: bool = False          # with init: keep the old head when the classes match (default: new zero head)
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more compute
+    fsdp: bool = False               # under torchrun: shard parameters, gradients and optimizer state (FSDP)
 
 
 @dataclass

@@ -110,10 +110,15 @@ def collate(batch: list) -> dict:
 
 
 class EpochBatches(torch.utils.data.Sampler):
-    """Seeded per-epoch shuffle, cut into batches; `skip` batches are dropped (mid-epoch resume)."""
+    """Seeded per-epoch shuffle, cut into batches; `skip` batches are dropped (mid-epoch resume).
 
-    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False):
+    With several processes every one walks the same global batches and takes its `rank`-th slice, so
+    N processes with batch B/N see exactly the samples one process with batch B sees."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, shuffle: bool = True, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
         self.n, self.batch_size, self.seed, self.shuffle, self.drop_last = n, batch_size, seed, shuffle, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch, self.skip = 0, 0
 
     def order(self) -> Tensor:
@@ -126,7 +131,11 @@ class EpochBatches(torch.utils.data.Sampler):
         batches = [order[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
         if self.drop_last and batches and len(batches[-1]) < self.batch_size and len(batches) > 1:
             batches = batches[:-1]
-        yield from batches[self.skip:]
+        for batch in batches[self.skip:]:
+            if self.world_size > 1:
+                part = -(-len(batch) // self.world_size)
+                batch = batch[self.rank * part:(self.rank + 1) * part]
+            yield batch
 
     def __len__(self) -> int:
         full = self.n // self.batch_size
@@ -159,7 +168,7 @@ def build_data(cfg: DataConfig, aug: AugConfig, img_size: tuple[int, int], in_ch
         keep, held = stratified_split(train.labels, cfg.test_fraction, seed=10_007)
         train, test = train.subset(keep), train.subset(held)
     if cfg.limit_train:
-        keep = stratified_split(train.labels, 1 - min(cfg.limit_train / len(train), 1.0), seed=seed)[1] \
+        keep = stratified_split(train.labels, cfg.limit_train / len(train), seed=seed)[1] \
             if cfg.limit_train < len(train) else torch.arange(len(train))
         train = train.subset(keep)
     if val is None:

@@ -46,6 +46,11 @@ class ConfigBase:
         return cls().replace(**d)
 
 
+def resnet_stride(layers: tuple[int, ...], stem_pool: bool = True) -> int:
+    """Input pixels per output cell of a BiT ResNet body: stem conv /2, max-pool /2, then /2 per later stage."""
+    return (4 if stem_pool else 2) * 2 ** max(len(layers) - 1, 0)
+
+
 @dataclass
 class ViTConfig(ConfigBase):
     """A Vision Transformer (ViT-{size}/{patch}) or, with `resnet_layers`, the hybrid of section 3.1.
@@ -76,6 +81,7 @@ class ViTConfig(ConfigBase):
     # Hybrid: BiT ResNet stages in front of the transformer (None: plain ViT; () root only).
     resnet_layers: tuple[int, ...] | None = None
     resnet_width: int = 64
+    resnet_stem_pool: bool = True    # False: no stem max-pool (stride 2, not 4), for very small images
 
     def __post_init__(self) -> None:
         self.img_size = to_pair(self.img_size)
@@ -88,7 +94,7 @@ class ViTConfig(ConfigBase):
         """Input pixels per feature-map cell of the hybrid's ResNet (1 for a plain ViT)."""
         if self.resnet_layers is None:
             return 1
-        return 4 * 2 ** max(len(self.resnet_layers) - 1, 0)
+        return resnet_stride(self.resnet_layers, self.resnet_stem_pool)
 
     @property
     def pixels_per_token(self) -> int:
@@ -149,6 +155,7 @@ class ResNetConfig(ConfigBase):
     num_classes: int = 1000
     layers: tuple[int, ...] = (3, 4, 6, 3)
     width: int = 64
+    stem_pool: bool = True
 
     def __post_init__(self) -> None:
         self.img_size = to_pair(self.img_size)

@@ -12,8 +12,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from .config import ResNetConfig
+from .config import ResNetConfig, resnet_stride
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -93,34 +94,43 @@ class Stage(nn.Module):
 
 
 class Stem(nn.Module):
-    """7x7/2 weight-standardised conv, GroupNorm, ReLU, 3x3/2 max-pool ("SAME"): stride 4."""
+    """7x7/2 weight-standardised conv, GroupNorm, ReLU, 3x3/2 max-pool ("SAME"): stride 4.
 
-    def __init__(self, in_chans: int, width: int):
+    Without the pool (stride 2) a 28-pixel digit still reaches the stages at 14x14 instead of 7x7.
+    """
+
+    def __init__(self, in_chans: int, width: int, pool: bool = True):
         super().__init__()
         self.conv = StdConv2dSame(in_chans, width, 7, 2)
         self.norm = group_norm(width)
+        self.pool = pool
 
     def forward(self, x: Tensor) -> Tensor:
         x = F.relu(self.norm(self.conv(x)))
-        return F.max_pool2d(pad_same(x, 3, 2, value=float("-inf")), 3, 2)
+        return F.max_pool2d(pad_same(x, 3, 2, value=float("-inf")), 3, 2) if self.pool else x
 
 
 class ResNetFeatures(nn.Module):
     """The ResNet body: stem, then stages of bottlenecks; the first stage keeps the resolution."""
 
-    def __init__(self, layers: tuple[int, ...], in_chans: int = 3, width: int = 64):
+    def __init__(self, layers: tuple[int, ...], in_chans: int = 3, width: int = 64, stem_pool: bool = True):
         super().__init__()
-        self.stem = Stem(in_chans, width)
+        self.stem = Stem(in_chans, width, stem_pool)
         stages, chans = [], width
         for i, depth in enumerate(layers):
             stages.append(Stage(chans, width * 2 ** i, depth, 1 if i == 0 else 2))
             chans = width * 2 ** i * 4
         self.stages = nn.Sequential(*stages)
         self.num_features = chans
-        self.stride = 4 * 2 ** max(len(layers) - 1, 0)
+        self.stride = resnet_stride(layers, stem_pool)
+        self.grad_checkpointing = False
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.stages(self.stem(x))
+        x = self.stem(x)
+        for stage in self.stages:
+            use_ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled()
+            x = checkpoint(stage, x, use_reentrant=False) if use_ckpt else stage(x)
+        return x
 
 
 class ResNet(nn.Module):
@@ -130,12 +140,16 @@ class ResNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         num_classes = self.num_classes = cfg.num_classes
-        self.features = ResNetFeatures(cfg.layers, cfg.in_chans, cfg.width)
+        self.features = ResNetFeatures(cfg.layers, cfg.in_chans, cfg.width, cfg.stem_pool)
         self.num_features = self.features.num_features
         self.reset_classifier(num_classes)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.features(x)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each stage's activations in the backward pass instead of keeping them."""
+        self.features.grad_checkpointing = enable
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
         x = x.mean(dim=(2, 3))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..errors import VitkitError
 from .config import ViTConfig
@@ -29,7 +30,7 @@ class PatchEmbed(nn.Module):
         self.backbone = None
         in_chans = cfg.in_chans
         if cfg.resnet_layers is not None:
-            self.backbone = ResNetFeatures(cfg.resnet_layers, cfg.in_chans, cfg.resnet_width)
+            self.backbone = ResNetFeatures(cfg.resnet_layers, cfg.in_chans, cfg.resnet_width, cfg.resnet_stem_pool)
             in_chans = self.backbone.num_features
         self.patch_size = cfg.patch_size
         self.proj = nn.Conv2d(in_chans, cfg.embed_dim, cfg.patch_size, stride=cfg.patch_size)
@@ -163,6 +164,7 @@ class VisionTransformer(nn.Module):
             self.pre_logits.add_module("act", nn.Tanh())
             self.num_features = cfg.representation_size
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
+        self.grad_checkpointing = False
         self.init_weights()
 
     # --- initialisation, as in the official code -------------------------------------------------
@@ -208,11 +210,19 @@ class VisionTransformer(nn.Module):
         z = self.pos_drop(z)
         attns = []
         for blk in self.blocks:
-            z, probs = blk(z, grid, return_attn)
-            if return_attn:
+            if self.grad_checkpointing and self.training and torch.is_grad_enabled() and not return_attn:
+                z, _ = checkpoint(blk, z, grid, use_reentrant=False)
+            else:
+                z, probs = blk(z, grid, return_attn)
                 attns.append(probs)
         z = self.norm(z)
         return (z, attns) if return_attn else z
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block's activations in the backward pass: memory ~ one block, ~1.3x the compute."""
+        self.grad_checkpointing = enable
+        if self.patch_embed.backbone is not None:
+            self.patch_embed.backbone.grad_checkpointing = enable
 
     def forward_head(self, z: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool (class token, or mean of the patch tokens), optional tanh representation layer, head."""

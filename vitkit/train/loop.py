@@ -7,6 +7,7 @@ learning rate is a function of the step alone.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -25,9 +26,10 @@ from ..data.datasets import EpochBatches, build_data, make_loader, measure_loade
 from ..data.sources import warn_skipped
 from ..data.transforms import mix_batch
 from ..errors import VitkitError
-from ..evaluate import evaluate
+from ..evaluate import Evaluation, evaluate
 from ..models import build_model, count_params, model_config
 from ..models.config import to_pair
+from .distributed import DistContext, agree_on, dist_backend, init_distributed, shutdown_distributed
 from .optim import EMA, build_optimizer, lr_at
 from .run_dir import MetricsLog, default_run_dir, plot_curves
 
@@ -50,9 +52,12 @@ class Trainer:
     """Holds the state of one run; `run()` trains to the end or until `request_stop()` (or Ctrl-C)."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
-                 on_step: Callable[["Trainer"], None] | None = None):
+                 on_step: Callable[["Trainer"], None] | None = None, dist: DistContext | None = None,
+                 device: torch.device | None = None):
         self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
-        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.dist = dist or DistContext()
+        self.device = device or resolve_device(cfg.train.device)
+        self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
         self.on_step = on_step
         self.stop_requested = False
         self.ckpt_dir = run_dir / "checkpoints"
@@ -68,18 +73,27 @@ class Trainer:
             torch.set_num_threads(t.threads)
         if t.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
-        self.device = resolve_device(t.device)
         self.amp_dtype = AMP_DTYPES[t.amp]
         if t.amp == "fp16" and self.device.type != "cuda":
             raise VitkitError("train.amp=fp16 needs a CUDA device; use bf16 or none on CPU")
         torch.manual_seed(t.seed)
+        self.local_batch = self.dist.local_batch(t.batch_size)
+        self.local_eval_batch = -(-t.eval_batch_size // self.dist.world_size)
         model = self._pretrained_model() if t.init else self._new_model()
         self.model = model.to(self.device)
         self.model_cfg = model.cfg
         self.params = count_params(self.model_cfg)
+        if t.grad_checkpointing:
+            if not hasattr(model, "set_grad_checkpointing"):
+                raise VitkitError(f"train.grad_checkpointing: {type(model).__name__} does not support it")
+            model.set_grad_checkpointing(True)
+        if t.fsdp and t.ema_decay > 0:
+            raise VitkitError("train.ema_decay with train.fsdp is not supported: the EMA would need its own shards")
+        self.net = self._wrap(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.sampler = EpochBatches(len(self.data.train), t.batch_size, t.seed, shuffle=True,
-                                    drop_last=len(self.data.train) > t.batch_size)
+                                    drop_last=len(self.data.train) > t.batch_size or self.dist.enabled,
+                                    rank=self.dist.rank, world_size=self.dist.world_size)
         self.batches_per_epoch = len(self.sampler)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.optim.accum_steps)
         self.total_steps = t.epochs * self.steps_per_epoch
@@ -96,6 +110,21 @@ class Trainer:
         name = f"init:{Path(t.init).name}" if t.init else self.cfg.model_name
         self.meta = {"model_name": name, "classes": self.data.classes,
                      "preprocess": self.data.pre.to_dict(), "data": cfg.data.spec}
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module the steps run through: the model itself, DDP around it, or FSDP shards of it."""
+        if self.cfg.train.fsdp:
+            if not self.dist.enabled:
+                raise VitkitError("train.fsdp=true needs several processes: launch with torchrun --nproc_per_node N")
+            from .fsdp import shard_model
+
+            return shard_model(model, self.device)
+        if not self.dist.enabled:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=ids)
 
     def _new_model(self) -> nn.Module:
         cfg = self.cfg
@@ -128,8 +157,21 @@ class Trainer:
         return model
 
     # --- checkpoints ---------------------------------------------------------------------------------
+    def _model_state(self) -> dict[str, torch.Tensor]:
+        if self.cfg.train.fsdp:
+            from .fsdp import full_model_state
+
+            return full_model_state(self.model)
+        return self.model.state_dict()
+
     def _state(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
+        if self.cfg.train.fsdp:
+            from .fsdp import full_optimizer_state
+
+            optim_state = full_optimizer_state(self.model, self.optimizer)
+        else:
+            optim_state = self.optimizer.state_dict()
+        return {"model": self._model_state(), "optimizer": optim_state, "step": self.step,
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": torch.get_rng_state(),
                 "ema": self.ema.shadow if self.ema else None, "best_acc": self.best_acc, "best_loss": self.best_loss, "best_step": self.best_step,
                 "running": dict(self.running), "skipped": sorted(self.skipped),
@@ -137,8 +179,13 @@ class Trainer:
 
     def _load_state(self) -> None:
         st = load_state(self.ckpt_dir / "last.state.pt")
-        load_state_dict_checked(self.model, st["model"], str(self.ckpt_dir / "last.state.pt"))
-        self.optimizer.load_state_dict(st["optimizer"])
+        if self.cfg.train.fsdp:
+            from .fsdp import load_full_state
+
+            load_full_state(self.model, self.optimizer, st["model"], st["optimizer"])
+        else:
+            load_state_dict_checked(self.model, st["model"], str(self.ckpt_dir / "last.state.pt"))
+            self.optimizer.load_state_dict(st["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         self.best_acc, self.best_loss, self.best_step = st["best_acc"], st["best_loss"], st["best_step"]
         self.running, self.skipped = st["running"], set(st["skipped"])
@@ -149,31 +196,50 @@ class Trainer:
         torch.set_rng_state(st["rng"])
 
     def eval_model(self) -> nn.Module:
-        if self.ema is None:
+        """The weights to evaluate and publish: the EMA if kept, else the model (whole, even under FSDP)."""
+        if self.ema is None and not self.cfg.train.fsdp:
             return self.model
         shadow = build_model(self.model_cfg).to(self.device)
-        shadow.load_state_dict(self.ema.shadow)
+        shadow.load_state_dict(self.ema.shadow if self.ema else self._model_state())
         return shadow
 
     def save_last(self) -> None:
-        save_state(self.ckpt_dir / "last.state.pt", self._state())
-        save_weights(self.ckpt_dir / "last.safetensors", self.eval_model(),
-                     model_meta(self.model, step=self.step, epoch=self.epoch, **self.meta))
+        """Every process gathers (FSDP needs all of them); only the first writes; all wait for the write."""
+        state = self._state()
+        model = self.eval_model()
+        if self.dist.is_main:
+            save_state(self.ckpt_dir / "last.state.pt", state)
+            save_weights(self.ckpt_dir / "last.safetensors", model,
+                         model_meta(self.model, step=self.step, epoch=self.epoch, **self.meta))
+        self.dist.barrier()
 
     # --- one optimisation step -------------------------------------------------------------------------
-    def _forward_backward(self, batch: dict) -> tuple[float, int, int]:
+    def _forward_backward(self, batch: dict, sync: bool) -> tuple[str, float, int, int]:
+        """Forward; then every process agrees whether to go on ("ok"), skip the batch ("empty": some
+        process had no readable image) or stop ("nonfinite"), so none waits on a backward the others skip.
+        `sync=False` (an accumulation micro-batch) keeps DDP from all-reducing gradients yet."""
         cfg = self.cfg
-        x, y = batch["x"].to(self.device), batch["y"].to(self.device)
-        g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7 + self.batch_in_epoch)
-        x, target = mix_batch(x, y, self.data.num_classes, cfg.aug.mixup, cfg.aug.cutmix, g, cfg.aug.label_smoothing)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), target.to(self.device))
-        if not torch.isfinite(loss):
-            return loss.item(), 0, len(y)
-        scaled = loss / cfg.optim.accum_steps
-        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        return loss.item(), int((logits.argmax(1) == y).sum()), len(y)
+        loss, correct, n, loss_t = float("nan"), 0, 0, None
+        no_sync = getattr(self.net, "no_sync", None)
+        with contextlib.nullcontext() if sync or no_sync is None else no_sync():
+            if batch["x"] is not None:
+                x, y = batch["x"].to(self.device), batch["y"].to(self.device)
+                g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7 + self.batch_in_epoch)
+                x, target = mix_batch(x, y, self.data.num_classes, cfg.aug.mixup, cfg.aug.cutmix, g,
+                                      cfg.aug.label_smoothing)
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    logits = self.net(x)
+                loss_t = F.cross_entropy(logits.float(), target.to(self.device))
+                loss, n, correct = loss_t.item(), len(y), int((logits.argmax(1) == y).sum())
+            has, finite = loss_t is not None, loss_t is None or math.isfinite(loss)
+            if self.dist.enabled:
+                n_has, n_bad = self.dist.sum([float(has), float(not finite)])
+                has, finite = n_has == self.dist.world_size, n_bad == 0
+            verdict = "nonfinite" if not finite else "ok" if has else "empty"
+            if verdict == "ok":
+                scaled = loss_t / cfg.optim.accum_steps
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        return verdict, loss, correct, n
 
     def _optimizer_step(self) -> float:
         lr = lr_at(self.step, self.total_steps, self.warmup, self.cfg.optim)
@@ -183,6 +249,8 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         clip = self.cfg.optim.clip_grad
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
+        if hasattr(norm, "full_tensor"):  # FSDP: a sharded (DTensor) norm
+            norm = norm.full_tensor()
         if not torch.isfinite(norm):
             self._nonfinite(f"gradient norm became {float(norm)}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -211,18 +279,25 @@ class Trainer:
         t_start = time.perf_counter()
         self._setup()
         cfg, t = self.cfg, self.cfg.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if not self.resume:
-            save_config(cfg, self.run_dir / "config.yaml")
-        log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if self.resume else None)
-        if t.tensorboard:
-            log.attach_tensorboard(self.run_dir / "tensorboard")
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if not self.resume:
+                save_config(cfg, self.run_dir / "config.yaml")
+            log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if self.resume else None)
+            if t.tensorboard:
+                log.attach_tensorboard(self.run_dir / "tensorboard")
+        else:
+            log = _NoLog()
         loader_rate = measure_loader(make_loader(self.data.train, t.batch_size, cfg.data.num_workers,
                                                  EpochBatches(len(self.data.train), t.batch_size, t.seed)), 5)
         self._say(f"run {self.run_dir}: {self.meta['model_name']} ({self.params:,} parameters) on {cfg.data.spec}: "
                   f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} test images, "
                   f"{self.data.num_classes} classes; batch {t.batch_size} x accum {cfg.optim.accum_steps}, "
                   f"{self.total_steps} steps; data loader alone: {loader_rate:,.0f} img/s")
+        if self.dist.enabled:
+            self._say(f"{self.dist.world_size} processes ({'FSDP' if t.fsdp else 'DDP'}, "
+                      f"{dist_backend()}): global batch {t.batch_size} = {self.dist.world_size} x "
+                      f"{self.local_batch} per process; lr {cfg.optim.lr:g} is for the global batch")
         previous = signal.getsignal(signal.SIGINT)
         in_main = _in_main_thread()
         if in_main:
@@ -266,20 +341,20 @@ class Trainer:
                 new = set(batch["skipped"]) - self.skipped
                 self.skipped |= new
                 warn_skipped(sorted(new))
-            if batch["x"] is not None:
-                loss, correct, n = self._forward_backward(batch)
-                if not math.isfinite(loss):
-                    self._nonfinite(f"loss became {loss}")
-                    self.optimizer.zero_grad(set_to_none=True)
-                    micro = 0
-                    t_wait = time.perf_counter()
-                    continue
+            last_batch = self.batch_in_epoch == self.batches_per_epoch
+            verdict, loss, correct, n = self._forward_backward(batch, sync=micro + 1 == accum or last_batch)
+            if verdict == "nonfinite":
+                self._nonfinite(f"loss became {loss if not math.isfinite(loss) else 'non-finite in another process'}")
+                self.optimizer.zero_grad(set_to_none=True)
+                micro = 0
+                t_wait = time.perf_counter()
+                continue
+            if verdict == "ok":
                 self.running["loss"] += loss * n
                 self.running["correct"] += correct
                 self.running["seen"] += n
                 imgs_since_log += n
                 micro += 1
-            last_batch = self.batch_in_epoch == self.batches_per_epoch
             if micro == accum or (last_batch and micro):
                 lr = self._optimizer_step()
                 self.step += 1
@@ -291,8 +366,10 @@ class Trainer:
                                     img_s=f"{rate * t.batch_size * cfg.optim.accum_steps:.0f}")
                 if self.step % t.log_every == 0:
                     now = time.perf_counter()
+                    loss_sum, correct, n, imgs = self.dist.sum([loss * n, correct, n, imgs_since_log])
+                    loss = loss_sum / max(n, 1)
                     rec = {"kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": loss,
-                           "acc": correct / max(n, 1), "lr": lr, "img_s": imgs_since_log / (now - t_log)}
+                           "acc": correct / max(n, 1), "lr": lr, "img_s": imgs / (now - t_log)}
                     log.write(rec)
                     if bar is None:
                         self._say(f"epoch {self.epoch + 1}/{t.epochs} step {self.step}/{self.total_steps} "
@@ -302,22 +379,43 @@ class Trainer:
                     self.on_step(self)
                 if t.checkpoint_every and self.step % t.checkpoint_every == 0 and not last_batch:
                     self.save_last()
-                if self.stop_requested and not last_batch:
+                if self._agree_stop() and not last_batch:
                     return time.perf_counter() - t_epoch
             t_wait = time.perf_counter()
         elapsed = time.perf_counter() - t_epoch
         self._end_epoch(log, elapsed, wait)
         return elapsed
 
+    def _agree_stop(self) -> bool:
+        """A stop (Ctrl-C, request_stop) seen by any process stops all of them at the same step."""
+        if self.dist.enabled:
+            self.stop_requested = not self.dist.all_true(not self.stop_requested)
+        return self.stop_requested
+
+    def _evaluate(self, ds, model: nn.Module):
+        """Each process evaluates its slice of `ds`; the sums are combined, so all see the same numbers."""
+        t = self.cfg.train
+        sampler = EpochBatches(len(ds), t.eval_batch_size, 0, shuffle=False, rank=self.dist.rank,
+                               world_size=self.dist.world_size)
+        ev = evaluate(model, make_loader(ds, self.local_eval_batch, self.cfg.data.num_workers, sampler),
+                      self.data.num_classes, self.device, self.amp_dtype)
+        if not self.dist.enabled:
+            return ev
+        k = self.data.num_classes
+        sums = self.dist.sum([ev.loss * ev.count, ev.top1 * ev.count, ev.top5 * ev.count, ev.count]
+                             + ev.confusion.flatten().tolist())
+        n = max(sums[3], 1)
+        return Evaluation(sums[0] / n, sums[1] / n, sums[2] / n, int(sums[3]),
+                          torch.tensor(sums[4:], dtype=torch.int64).view(k, k), ev.skipped)
+
     def _end_epoch(self, log: MetricsLog, elapsed: float, wait: float) -> None:
         t = self.cfg.train
-        val_loader = make_loader(self.data.val, t.eval_batch_size, self.cfg.data.num_workers)
-        ev = evaluate(self.eval_model(), val_loader, self.data.num_classes, self.device, self.amp_dtype)
-        seen = max(self.running["seen"], 1)
+        ev = self._evaluate(self.data.val, self.eval_model())
+        loss_sum, correct, seen = self.dist.sum([self.running["loss"], self.running["correct"], self.running["seen"]])
         rec = {"kind": "epoch", "step": self.step, "epoch": self.epoch + 1,
-               "train_loss": self.running["loss"] / seen, "train_acc": self.running["correct"] / seen,
+               "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": ev.loss, "val_acc": ev.top1, "val_top5": ev.top5,
-               "lr": self.optimizer.param_groups[0]["lr"], "img_s": self.running["seen"] / max(elapsed, 1e-9),
+               "lr": self.optimizer.param_groups[0]["lr"], "img_s": seen / max(elapsed, 1e-9),
                "data_wait_frac": wait / max(elapsed, 1e-9), "epoch_time_s": elapsed}
         log.write(rec)
         self._say(f"epoch {self.epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}"
@@ -330,12 +428,16 @@ class Trainer:
             self.best_acc, self.best_loss, self.best_step = ev.top1, ev.loss, self.step
         self.save_last()
         if improved:
-            save_weights(self.ckpt_dir / "best.safetensors", self.eval_model(),
-                         model_meta(self.model, step=self.step, epoch=self.epoch, val_acc=ev.top1, **self.meta))
+            model = self.eval_model()
+            if self.dist.is_main:
+                save_weights(self.ckpt_dir / "best.safetensors", model,
+                             model_meta(self.model, step=self.step, epoch=self.epoch, val_acc=ev.top1, **self.meta))
+            self.dist.barrier()
 
     def _finish(self, log: MetricsLog, status: str, wall: float, train_time: float, loader_rate: float) -> dict:
         records = log.read()
-        plot_curves(records, self.run_dir / "curves.png")
+        if self.dist.is_main:
+            plot_curves(records, self.run_dir / "curves.png")
         summary: dict[str, Any] = {
             "status": status, "model": self.meta["model_name"], "data": self.cfg.data.spec, "params": self.params,
             "epochs": self.epoch, "steps": self.step, "best_val_acc": self.best_acc, "best_step": self.best_step,
@@ -349,12 +451,12 @@ class Trainer:
             from ..checkpoint import load_checkpoint
 
             best, _ = load_checkpoint(self.ckpt_dir / "best.safetensors", self.device)
-            test_loader = make_loader(self.data.test, self.cfg.train.eval_batch_size, self.cfg.data.num_workers)
-            ev = evaluate(best, test_loader, self.data.num_classes, self.device, self.amp_dtype)
+            ev = self._evaluate(self.data.test, best)
             summary.update(test_acc=ev.top1, test_top5=ev.top5, test_loss=ev.loss, test_count=ev.count)
             self._say(f"done in {wall:.1f}s: best val acc {self.best_acc:.4f} (step {self.best_step}), "
                       f"test acc {ev.top1:.4f} top-5 {ev.top5:.4f} on {ev.count} images -> {self.run_dir}")
-        (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.dist.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
 
     def _on_sigint(self, signum, frame) -> None:
@@ -364,12 +466,27 @@ class Trainer:
         print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
 
     def _say(self, msg: str) -> None:
+        if not self.dist.is_main:
+            return
         if self.progress:
             from tqdm import tqdm
 
             tqdm.write(msg)
         else:
             print(msg, flush=True)
+
+
+class _NoLog:
+    """What processes other than the first log to: nothing."""
+
+    def write(self, rec: dict) -> None:
+        pass
+
+    def read(self) -> list[dict]:
+        return []
+
+    def close(self) -> None:
+        pass
 
 
 def _mean(xs: list[float]) -> float:
@@ -385,17 +502,24 @@ def _in_main_thread() -> bool:
 def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progress: bool | None = None,
           on_step: Callable[[Trainer], None] | None = None, epochs: int | None = None) -> dict[str, Any]:
     """Train a model as `cfg` says (defaults: the small ViT on the digits); or continue the run in `resume`.
-    Returns the summary that is also written to summary.json."""
+    Under torchrun every process calls this; they join one process group. Returns the summary that is
+    also written to summary.json."""
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "checkpoints" / "last.state.pt").is_file():
             raise VitkitError(f"cannot resume {run_dir}: no checkpoints/last.state.pt in it")
         cfg = build_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else None)
-        if epochs:
-            save_config(cfg, run_dir / "config.yaml")
-        return Trainer(cfg, run_dir, resume=True, progress=progress, on_step=on_step).run()
     cfg = cfg or build_config()
-    run_dir = Path(cfg.train.out) if cfg.train.out else default_run_dir(cfg.model_name)
-    if (run_dir / "checkpoints").exists():
-        raise VitkitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-    return Trainer(cfg, run_dir, progress=progress, on_step=on_step).run()
+    dist, device = init_distributed(resolve_device(cfg.train.device))
+    try:
+        if resume is not None:
+            if epochs and dist.is_main:
+                save_config(cfg, run_dir / "config.yaml")
+            return Trainer(cfg, run_dir, resume=True, progress=progress, on_step=on_step, dist=dist,
+                           device=device).run()
+        run_dir = Path(cfg.train.out) if cfg.train.out else Path(agree_on(str(default_run_dir(cfg.model_name))))
+        if (run_dir / "checkpoints").exists():
+            raise VitkitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        return Trainer(cfg, run_dir, progress=progress, on_step=on_step, dist=dist, device=device).run()
+    finally:
+        shutdown_distributed()

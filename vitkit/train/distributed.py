@@ -1,0 +1,95 @@
+"""Multi-process training on PyTorch's own engine: torchrun sets the environment, we join its group.
+
+`train.batch_size` is the global batch (all processes together) and `optim.lr` the learning rate
+for that global batch, as in the paper; each process takes batch_size / world_size of every batch.
+So one config trains the same model on 1 process or on N, and a run resumes on another count.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from ..errors import VitkitError
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def local_batch(self, global_batch: int, what: str = "train.batch_size") -> int:
+        if global_batch % self.world_size:
+            raise VitkitError(f"{what}={global_batch} is the global batch and must be divisible by the "
+                              f"{self.world_size} processes")
+        return global_batch // self.world_size
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sum over all processes (float64, so counts stay exact)."""
+        if not self.enabled:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return t.tolist()
+
+    def all_true(self, flag: bool) -> bool:
+        """True only if `flag` holds on every process: keeps all ranks on the same control path."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
+    """Join the process group torchrun describes (gloo on CPU, nccl on CUDA); one device per process."""
+    if not launched_by_torchrun():
+        return DistContext(), device
+    if not dist.is_available():
+        raise VitkitError("this PyTorch build has no torch.distributed; cannot run under torchrun")
+    rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    if device.type == "cuda":
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    return DistContext(rank, world, local), device
+
+
+def agree_on(value: str) -> str:
+    """Rank 0's value on every process (for example a time-stamped run folder)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def dist_backend() -> str:
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
+
+
+def shutdown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,58 @@
+"""Fully sharded data parallel (PyTorch's FSDP2, `fully_shard`) for models that do not fit one device.
+
+Each transformer block (and the hybrid's ResNet stages) becomes its own shard group, so at most one
+block's full parameters are gathered at a time; checkpoints are gathered into ordinary full state
+dicts, so an FSDP run writes the same files as any other and resumes on any number of processes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import VitkitError
+
+
+def _api():
+    try:
+        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                             get_optimizer_state_dict, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+    except ImportError as e:
+        raise VitkitError(f"train.fsdp needs PyTorch >= 2.6 (torch.distributed.fsdp.fully_shard): {e}") from None
+    return (fully_shard, StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+            set_optimizer_state_dict)
+
+
+def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Shard every block, then the rest (embeddings, norm, head) as the root group; returns `model`."""
+    fully_shard = _api()[0]
+    groups = list(getattr(model, "blocks", [])) or list(getattr(getattr(model, "features", None), "stages", []))
+    if not groups:
+        raise VitkitError(f"train.fsdp: do not know how to shard {type(model).__name__}")
+    for block in groups:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole (unsharded) state dict on every process, on the CPU: what checkpoints hold."""
+    _, Options, get_model, *_ = _api()
+    state = get_model(model, options=Options(full_state_dict=True))  # (cpu_offload would keep it on rank 0 only)
+    return {k: v.cpu() for k, v in state.items()}
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    _, Options, _, get_optim, *_ = _api()
+    state = get_optim(model, optimizer, options=Options(full_state_dict=True))
+    return {"state": {k: {n: v.cpu() if torch.is_tensor(v) else v for n, v in s.items()}
+                      for k, s in state["state"].items()}, "param_groups": state["param_groups"]}
+
+
+def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
+    _, Options, _, _, set_model, set_optim = _api()
+    options = Options(full_state_dict=True)
+    set_model(model, model_state, options=options)
+    set_optim(model, optimizer, optim_state, options=options)
