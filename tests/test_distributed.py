@@ -85,3 +85,14 @@ def test_a_user_error_stops_every_process_with_one_line(tmp_path):
     assert "train.batch_size=33 is the global batch and must be divisible by the 2 processes" in r.stderr
     # torchrun reports the failed child with its own traceback; none may come from vitkit's code.
     assert not [line for line in r.stderr.splitlines() if 'File "' in line and "/vitkit/" in line]
+
+
+def test_two_processes_stream_shards_in_step(tmp_path):
+    from vitkit.data.shards import pack
+
+    index = pack("digits", tmp_path / "shards", shard_size=200)
+    spec = f"data.spec=shards:{tmp_path / 'shards'}/{index['splits']['train']['pattern']}"
+    r = torchrun(tmp_path / "run", "train.epochs=1", spec, "data.limit_train=0", "data.num_workers=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["test_count"] == sum(index["splits"]["test"]["counts"])

@@ -20,12 +20,14 @@ from .errors import VitkitError, unknown
 @dataclass
 class DataConfig:
     spec: str = "digits"             # digits | mnist:DIR | folder:DIR | cifar10:DIR | cifar100:DIR | synthetic
+                                     # | shards:DIR/train-{000000..000099}.tar (written by `vitkit data pack`)
     val_fraction: float = 0.1        # carved from the training data when the source has no val split
     test_fraction: float = 0.2       # held out of an image folder that has no test split
     num_workers: int = 0             # DataLoader worker processes
     download: bool = False           # fetch mnist / cifar into DIR, with checksum verification
     strict: bool = False             # unreadable images: error instead of skip-with-warning
-    limit_train: int = 0             # use only the first N training images (0: all); for quick studies
+    limit_train: int = 0             # train on a stratified random N of the training images (0: all)
+    shuffle_buffer: int = 2000       # streamed shards: samples held for shuffling, per loader worker
 
 
 @dataclass

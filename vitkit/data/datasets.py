@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import time
 from dataclasses import dataclass, field
 
@@ -13,13 +14,14 @@ from ..config import AugConfig, DataConfig
 from ..errors import VitkitError
 from . import sources
 from .images import read_image
+from .shards import ShardSet
 from .transforms import Preprocess, rand_augment, random_crop_with_padding, random_resized_crop, resize
 
 PAPER_MEAN, PAPER_STD = 0.5, 0.5  # inputs scaled to [-1, 1], as for the paper's models
 
 
 def load_source(spec: str, download: bool = False, in_chans: int | None = None) -> sources.Source:
-    """`digits`, `synthetic`, `mnist:DIR`, `folder:DIR`, `cifar10:DIR`, `cifar100:DIR`."""
+    """`digits`, `synthetic`, `mnist:DIR`, `folder:DIR`, `cifar10:DIR`, `cifar100:DIR` (`shards:` is streamed)."""
     kind, _, arg = spec.partition(":")
     if kind in ("digits", "synthetic"):
         if arg:
@@ -27,7 +29,7 @@ def load_source(spec: str, download: bool = False, in_chans: int | None = None) 
         return sources.load_digits() if kind == "digits" else sources.load_synthetic()
     if kind not in ("mnist", "folder", "cifar10", "cifar100"):
         raise VitkitError(f"unknown data spec '{spec}'; use digits, synthetic, mnist:DIR, folder:DIR, "
-                          f"cifar10:DIR or cifar100:DIR")
+                          f"cifar10:DIR, cifar100:DIR or shards:DIR/train-{{000000..000009}}.tar")
     if not arg:
         raise VitkitError(f"data spec '{spec}' needs a directory: {kind}:DIR")
     if download:
@@ -70,6 +72,10 @@ class ImageDataset(Dataset):
     def raw(self, i: int) -> Tensor:
         if self.split.images is not None:
             return self.split.images[i]
+        if self.split.blobs is not None:
+            from .shards import read_blob
+
+            return read_image(io.BytesIO(read_blob(self.split.blobs[i])), self.pre.in_chans, self.split.paths[i])
         return read_image(self.split.paths[i], self.pre.in_chans)
 
     def __getitem__(self, i: int):
@@ -79,12 +85,16 @@ class ImageDataset(Dataset):
             if self.strict:
                 raise
             return None, int(self.split.labels[i]), self.split.paths[i]
+        return self.transform(img, self.epoch, i), int(self.split.labels[i]), None
+
+    def transform(self, img: Tensor, epoch: int, key: int) -> Tensor:
+        """uint8 image -> model input; training augmentation is seeded by (seed, epoch, sample key)."""
         if img.shape[0] != self.pre.in_chans:  # in-memory sources of another channel count
             img = img.expand(3, -1, -1) if self.pre.in_chans == 3 else img.float().mean(0, keepdim=True).round().byte()
         if self.aug is None:
-            return self.pre.eval(img), int(self.split.labels[i]), None
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
-        return self.pre.normalize(self.augment(img.float() / 255.0, g)), int(self.split.labels[i]), None
+            return self.pre.eval(img)
+        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + key)
+        return self.pre.normalize(self.augment(img.float() / 255.0, g))
 
     def augment(self, x: Tensor, g: torch.Generator) -> Tensor:
         a, size = self.aug, self.pre.img_size
@@ -150,6 +160,11 @@ class DataBundle:
     classes: list[str]
     pre: Preprocess
     skipped: list[str] = field(default_factory=list)
+    stream: "ShardSet | None" = None  # streamed train shards (then `train` only holds the transform)
+
+    @property
+    def train_size(self) -> int:
+        return len(self.stream) if self.stream is not None else len(self.train)
 
     @property
     def num_classes(self) -> int:
@@ -159,7 +174,17 @@ class DataBundle:
 def build_data(cfg: DataConfig, aug: AugConfig, img_size: tuple[int, int], in_chans: int | None,
                seed: int = 0, mean: list[float] | None = None, std: list[float] | None = None) -> DataBundle:
     """Load the source, carve val (and a test split for folders without one), wrap in datasets."""
-    src = load_source(cfg.spec, cfg.download, in_chans)
+    stream = None
+    if cfg.spec.startswith("shards:"):
+        from .shards import open_shards
+
+        stream, src = open_shards(cfg.spec.partition(":")[2])
+        if src.val is None or src.test is None:
+            raise VitkitError(f"{cfg.spec}: index.json lists no val and test shards; write them with `vitkit data pack`")
+        if cfg.limit_train:
+            raise VitkitError("data.limit_train does not apply to streamed shards; pack a smaller set instead")
+    else:
+        src = load_source(cfg.spec, cfg.download, in_chans)
     in_chans = in_chans or src.in_chans
     train, val, test = src.train, src.val, src.test
     if test is None:
@@ -177,12 +202,12 @@ def build_data(cfg: DataConfig, aug: AugConfig, img_size: tuple[int, int], in_ch
             train, val = train.subset(keep), train.subset(held)
         else:
             val = test  # no validation requested: the held-out test split also serves for model selection
-    if len(train) == 0:
+    if len(train) == 0 and stream is None:
         raise VitkitError(f"{cfg.spec}: the training split is empty")
     pre = Preprocess(tuple(img_size), in_chans, tuple(mean or (PAPER_MEAN,) * in_chans),
                      tuple(std or (PAPER_STD,) * in_chans))
     return DataBundle(ImageDataset(train, pre, aug, seed, cfg.strict), ImageDataset(val, pre, None, seed, cfg.strict),
-                      ImageDataset(test, pre, None, seed, cfg.strict), src.classes, pre, src.skipped)
+                      ImageDataset(test, pre, None, seed, cfg.strict), src.classes, pre, src.skipped, stream)
 
 
 def make_loader(ds: ImageDataset, batch_size: int, workers: int, sampler: EpochBatches | None = None) -> DataLoader:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -22,23 +23,25 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 MAX_PIXELS = 64_000_000
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open, orient and normalise the mode of one image file to "L" or "RGB"."""
+def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """Open, orient and normalise the mode of one image file (or open binary stream) to "L" or "RGB".
+    Errors name `name` (default: the path)."""
+    path_name = name or str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise VitkitError(f"{path}: {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS:,}")
+                    raise VitkitError(f"{path_name}: {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS:,}")
                 img.seek(0)
                 img = ImageOps.exif_transpose(img)
                 img.load()
     except VitkitError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise VitkitError(f"{path}: not a readable image ({type(e).__name__})") from None
+        raise VitkitError(f"{path_name}: not a readable image ({type(e).__name__})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise VitkitError(f"{path}: cannot decode image ({e})") from None
+        raise VitkitError(f"{path_name}: cannot decode image ({e})") from None
     return _to_8bit(img)
 
 
@@ -76,5 +79,5 @@ def image_to_tensor(img: Image.Image, in_chans: int) -> Tensor:
     return t[None] if in_chans == 1 else t.permute(2, 0, 1).contiguous()
 
 
-def read_image(path: str | Path, in_chans: int) -> Tensor:
-    return image_to_tensor(load_image(path), in_chans)
+def read_image(path: str | Path | BinaryIO, in_chans: int, name: str | None = None) -> Tensor:
+    return image_to_tensor(load_image(path, name), in_chans)

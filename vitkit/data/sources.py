@@ -33,13 +33,16 @@ class Split:
     labels: Tensor
     images: Tensor | None = None
     paths: list[str] | None = None
+    blobs: list[tuple[str, int, int]] | None = None  # (file, offset, size): images stored inside tar shards
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, idx: Tensor) -> "Split":
+        pick = idx.tolist()
         return Split(self.labels[idx], None if self.images is None else self.images[idx],
-                     None if self.paths is None else [self.paths[i] for i in idx.tolist()])
+                     None if self.paths is None else [self.paths[i] for i in pick],
+                     None if self.blobs is None else [self.blobs[i] for i in pick])
 
 
 @dataclass

@@ -91,10 +91,20 @@ class Trainer:
             raise VitkitError("train.ema_decay with train.fsdp is not supported: the EMA would need its own shards")
         self.net = self._wrap(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.sampler = EpochBatches(len(self.data.train), t.batch_size, t.seed, shuffle=True,
-                                    drop_last=len(self.data.train) > t.batch_size or self.dist.enabled,
-                                    rank=self.dist.rank, world_size=self.dist.world_size)
+        if self.data.stream is not None:
+            from ..data.shards import ShardStream
+
+            self.sampler = ShardStream(self.data.stream, self.data.train.transform, self.local_batch, t.seed,
+                                       cfg.data.shuffle_buffer, self.dist.rank, self.dist.world_size,
+                                       cfg.data.num_workers)
+        else:
+            self.sampler = EpochBatches(len(self.data.train), t.batch_size, t.seed, shuffle=True,
+                                        drop_last=len(self.data.train) > t.batch_size or self.dist.enabled,
+                                        rank=self.dist.rank, world_size=self.dist.world_size)
         self.batches_per_epoch = len(self.sampler)
+        if self.batches_per_epoch == 0:
+            raise VitkitError(f"{cfg.data.spec}: {self.data.train_size} training images make no full batch of "
+                              f"{self.local_batch} per process")
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.optim.accum_steps)
         self.total_steps = t.epochs * self.steps_per_epoch
         self.warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
@@ -288,10 +298,9 @@ class Trainer:
                 log.attach_tensorboard(self.run_dir / "tensorboard")
         else:
             log = _NoLog()
-        loader_rate = measure_loader(make_loader(self.data.train, t.batch_size, cfg.data.num_workers,
-                                                 EpochBatches(len(self.data.train), t.batch_size, t.seed)), 5)
+        loader_rate = measure_loader(self._train_loader(), 5)
         self._say(f"run {self.run_dir}: {self.meta['model_name']} ({self.params:,} parameters) on {cfg.data.spec}: "
-                  f"{len(self.data.train)} train / {len(self.data.val)} val / {len(self.data.test)} test images, "
+                  f"{self.data.train_size} train / {len(self.data.val)} val / {len(self.data.test)} test images, "
                   f"{self.data.num_classes} classes; batch {t.batch_size} x accum {cfg.optim.accum_steps}, "
                   f"{self.total_steps} steps; data loader alone: {loader_rate:,.0f} img/s")
         if self.dist.enabled:
@@ -325,11 +334,24 @@ class Trainer:
         log.close()
         return summary
 
+    def _train_loader(self, skip: int = 0):
+        """This epoch's batches for this process, after the first `skip` (mid-epoch resume)."""
+        workers = self.cfg.data.num_workers
+        if isinstance(self.sampler, EpochBatches):
+            self.sampler.skip = skip
+            return make_loader(self.data.train, self.local_batch, workers, self.sampler)
+        from itertools import islice
+
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.sampler, batch_size=None, num_workers=workers,
+                            multiprocessing_context="fork" if workers else None)
+        return islice(loader, skip, self.batches_per_epoch)  # a stream may hold more: all processes stop together
+
     def _run_epoch(self, log: MetricsLog, bar) -> float:
         cfg, t = self.cfg, self.cfg.train
         self.sampler.epoch = self.data.train.epoch = self.epoch
-        self.sampler.skip = self.batch_in_epoch
-        loader = make_loader(self.data.train, t.batch_size, cfg.data.num_workers, self.sampler)
+        loader = self._train_loader(skip=self.batch_in_epoch)
         self.model.train()
         accum = cfg.optim.accum_steps
         micro, t_epoch, t_log, wait, imgs_since_log = 0, time.perf_counter(), time.perf_counter(), 0.0, 0
