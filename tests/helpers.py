@@ -51,3 +51,47 @@ def make_image_folder(root: Path, per_class: int = 12, size: int = 16, classes=(
             img = Image.fromarray(arr, "RGB")
             img.convert(mode).save(d / f"{i:03d}.png")
     return root
+
+
+def make_hostile_corpus(root: Path, bomb: bool = True) -> dict[str, bool]:
+    """Awkward and broken image files; maps each file name to whether it must decode (True) or be
+    refused with an error naming it (False)."""
+    import io
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    rgb = Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8), "RGB")
+    ok: dict[str, bool] = {}
+
+    def save(name: str, img: Image.Image, good: bool = True, **kw) -> None:
+        img.save(root / name, **kw)
+        ok[name] = good
+
+    save("plain.png", rgb)
+    save("one pixel.png", Image.new("L", (1, 1), 200))
+    save("sixteen_bit.png", Image.fromarray((np.arange(400).reshape(20, 20) * 160).astype(np.uint16)))
+    save("cmyk.jpg", rgb.convert("CMYK"))
+    pal = rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    pal.info["transparency"] = 0
+    save("palette_transparent.png", pal)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    save("exif_rotated.jpg", rgb, exif=exif.tobytes())
+    frames = [Image.new("RGB", (12, 12), c) for c in ((255, 0, 0), (0, 255, 0))]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:], duration=50, loop=0)
+    ok["animated.gif"] = True
+    save("ünïcödé 名前.png", rgb)
+    buf = io.BytesIO()
+    rgb.save(buf, format="PNG")
+    (root / "truncated.png").write_bytes(buf.getvalue()[:len(buf.getvalue()) // 2])
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG")
+    (root / "truncated.jpg").write_bytes(buf.getvalue()[:200])
+    (root / "empty.png").write_bytes(b"")
+    (root / "random_bytes.jpg").write_bytes(rng.integers(0, 255, 3000, dtype=np.uint8).tobytes())
+    (root / "text.png").write_text("not an image at all")
+    ok.update({n: False for n in ("truncated.png", "truncated.jpg", "empty.png", "random_bytes.jpg", "text.png")})
+    if bomb:  # 70 M pixels, above vitkit's 64 M limit; tiny on disk
+        Image.new("1", (10_000, 7_000)).save(root / "bomb.png", optimize=True)
+        ok["bomb.png"] = False
+    return ok

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import vitkit
-from vitkit.models import ViTConfig, VisionTransformer
+from vitkit.models import ViTConfig, VisionTransformer, create_model
 from vitkit.models.pos_embed import resample_abs_pos_embed, sincos_2d
 from vitkit.models.resnet import same_padding
 
@@ -341,3 +341,32 @@ def test_cli_models_lists_counts_and_filters():
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nomatch" in bad.stderr
     helptext = subprocess.run([sys.executable, "-m", "vitkit", "--help"], capture_output=True, text=True).stdout
     assert "models" in helptext
+
+
+@pytest.mark.parametrize("name,overrides", [("vit_digits_patch4_8", {}),
+                                            ("vit_mnist_r_28", {"resnet_layers": (1, 1), "resnet_stem_pool": False}),
+                                            ("resnet_bit_mnist", {})])
+def test_gradient_checkpointing_gives_the_same_gradients(name, overrides):
+    torch.manual_seed(0)
+    model = create_model(name, **overrides)
+    x = torch.randn(4, model.cfg.in_chans, *model.cfg.img_size)
+
+    def grads():
+        model.zero_grad()
+        model(x).pow(2).sum().backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+    plain = grads()
+    model.set_grad_checkpointing(True)
+    ckpt = grads()
+    assert plain.keys() == ckpt.keys() and len(plain) == len(list(model.parameters()))
+    for k in plain:
+        torch.testing.assert_close(ckpt[k], plain[k], atol=1e-6, rtol=1e-5)
+
+
+def test_stem_without_pool_halves_the_stride():
+    pooled = create_model("vit_mnist_r_28")
+    unpooled = create_model("vit_mnist_r_28", resnet_layers=(1, 1), resnet_stem_pool=False)
+    assert pooled.cfg.backbone_stride == 4 and unpooled.cfg.backbone_stride == 4  # (2,): 4; no pool x 2 stages: 2*2
+    assert create_model("vit_mnist_r_28", resnet_stem_pool=False).cfg.grid_size() == (14, 14)
+    assert unpooled(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,11 +32,34 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
             raise VitkitError(f"could not write {path}: {e.strerror or e}; the previous file is intact") from None
         raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable (a power cut after it must not bring the old file back)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temporaries(directory: Path) -> int:
+    """Delete the temporary files of writes that a crash (kill -9, power cut) cut short."""
+    stale = list(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
 
 
 def model_meta(model: nn.Module, **extra: Any) -> dict[str, Any]:
@@ -93,6 +117,14 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
         if extra:
             parts.append("unexpected keys " + ", ".join(extra[:3]))
         raise VitkitError(f"{source} does not fit the model: {' | '.join(parts)}")
+    for k, v in state.items():
+        if own[k].is_floating_point() and not v.is_floating_point():
+            raise VitkitError(f"{source}: tensor {k} has dtype {str(v.dtype).replace('torch.', '')}, "
+                              f"expected floating point")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        warnings.warn(f"{source}: {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''} hold non-finite values "
+                      f"(NaN/inf); the model will output NaN", UserWarning, stacklevel=2)
     model.load_state_dict(state)
 
 

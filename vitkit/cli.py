@@ -53,6 +53,10 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append("data.download=true")
         if args.strict:
             overrides.append("data.strict=true")
+        if args.grad_checkpointing:
+            overrides.append("train.grad_checkpointing=true")
+        if args.fsdp:
+            overrides.append("train.fsdp=true")
         if args.init:
             overrides.append(f"train.init={args.init}")
             if args.img_size:
@@ -108,17 +112,24 @@ def _run_flags(p: argparse.ArgumentParser, default_config: str) -> None:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override one setting, e.g. --set model.depth=6 --set optim.lr=1e-3 (repeatable)")
     p.add_argument("--data", metavar="SPEC",
-                   help="digits | synthetic | mnist:DIR | folder:DIR | cifar10:DIR | cifar100:DIR")
+                   help="digits | synthetic | mnist:DIR | folder:DIR | cifar10:DIR | cifar100:DIR | "
+                        "shards:DIR/train-{000000..000099}.tar (see `vitkit data pack`)")
     p.add_argument("--download", action="store_true",
                    help="download the dataset into DIR first (mnist, cifar10, cifar100; checksums verified)")
     p.add_argument("--strict", action="store_true", help="stop on an unreadable image instead of skipping it")
     p.add_argument("--epochs", type=int, help="number of epochs (with --resume: extend the run to this many)")
-    p.add_argument("--batch-size", type=int, help="images per optimizer step on this process")
-    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--batch-size", type=int,
+                   help="images per optimizer step, all processes together (under torchrun each process "
+                        "takes batch-size / nproc)")
+    p.add_argument("--lr", type=float, help="peak learning rate, for the global batch")
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>-<model>)")
     p.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation")
     p.add_argument("--device", help="cpu, cuda, cuda:N or mps")
     p.add_argument("--workers", type=int, help="data-loading worker processes")
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass: less memory, ~30%% more compute")
+    p.add_argument("--fsdp", action="store_true",
+                   help="under torchrun: shard parameters, gradients and optimizer state across processes (FSDP)")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     p.set_defaults(default_config=default_config)
 

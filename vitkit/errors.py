@@ -7,7 +7,12 @@ from typing import Iterable
 
 
 class VitkitError(ValueError):
-    """A problem with the user's input (a name, a file, a value): the message says which and why."""
+    """A problem with the user's input (a name, a file, a value): the message says which and why.
+
+    Always one line: line breaks inside echoed user values are shown escaped."""
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def unknown(kind: str, name: str, valid: Iterable[str]) -> VitkitError:

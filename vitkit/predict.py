@@ -29,6 +29,8 @@ class Prediction:
 def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 64,
             device: str = "cpu") -> list[Prediction]:
     """Top-k classes for each image; an unreadable file gets an error entry and the rest go on."""
+    if top_k < 1:
+        raise VitkitError(f"top-k must be at least 1, got {top_k}")
     model, meta = load_checkpoint(checkpoint, device)
     if "preprocess" not in meta:
         raise VitkitError(f"{checkpoint} records no preprocessing; cannot prepare images for it")

@@ -11,11 +11,15 @@ from torch import Tensor
 
 
 def _plt():
+    import warnings
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # File names in titles may use scripts the default font lacks: draw boxes, do not warn per glyph.
+    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
     return plt
 
 

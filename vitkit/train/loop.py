@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoint import load_state, load_state_dict_checked, model_meta, save_state, save_weights
+from ..checkpoint import (load_state, load_state_dict_checked, model_meta, remove_stale_temporaries, save_state,
+                          save_weights)
 from ..config import RunConfig, build_config, save_config
 from ..data.datasets import EpochBatches, build_data, make_loader, measure_loader
 from ..data.sources import warn_skipped
@@ -116,6 +117,8 @@ class Trainer:
         self.nonfinite_skipped = 0
         self.running = {"loss": 0.0, "correct": 0, "seen": 0}
         if self.resume:
+            if self.dist.is_main:
+                remove_stale_temporaries(self.ckpt_dir)
             self._load_state()
         name = f"init:{Path(t.init).name}" if t.init else self.cfg.model_name
         self.meta = {"model_name": name, "classes": self.data.classes,
