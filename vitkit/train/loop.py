@@ -217,13 +217,14 @@ class Trainer:
         return shadow
 
     def save_last(self) -> None:
-        """Every process gathers (FSDP needs all of them); only the first writes; all wait for the write."""
+        """Every process gathers (FSDP needs all of them); only the first writes; all wait for the write.
+        Weights first, then the resume state: whenever a state exists, its weights file exists too."""
         state = self._state()
         model = self.eval_model()
         if self.dist.is_main:
-            save_state(self.ckpt_dir / "last.state.pt", state)
             save_weights(self.ckpt_dir / "last.safetensors", model,
                          model_meta(self.model, step=self.step, epoch=self.epoch, **self.meta))
+            save_state(self.ckpt_dir / "last.state.pt", state)
         self.dist.barrier()
 
     # --- one optimisation step -------------------------------------------------------------------------
@@ -543,7 +544,7 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progre
             return Trainer(cfg, run_dir, resume=True, progress=progress, on_step=on_step, dist=dist,
                            device=device).run()
         run_dir = Path(cfg.train.out) if cfg.train.out else Path(agree_on(str(default_run_dir(cfg.model_name))))
-        if (run_dir / "checkpoints").exists():
+        if (run_dir / "checkpoints" / "last.state.pt").exists():  # (a run killed before that file starts afresh)
             raise VitkitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
         return Trainer(cfg, run_dir, progress=progress, on_step=on_step, dist=dist, device=device).run()
     finally:
