@@ -103,7 +103,7 @@ def test_kill_9_at_random_moments_never_loses_the_run(tmp_path):
         got = load_file(out / "checkpoints" / "last.safetensors")
         assert max((got[k] - expected[k]).abs().max().item() for k in expected) <= 1e-6
         assert not list((out / "checkpoints").glob(".*.tmp"))  # a resumed run clears stale temporaries
-    assert during_write >= 2, f"only {during_write} of {kills} kills hit a checkpoint write"
+    assert during_write >= 3, f"only {during_write} of {kills} kills hit a checkpoint write"
 
 
 # --- 2. disk full / read-only output during a save ----------------------------------------------------------
