@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import sys
 from typing import Callable, Sequence
 
@@ -176,6 +177,25 @@ def _device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
 
 
+def _cost(args: argparse.Namespace) -> None:
+    import json
+
+    from .cost import cost_table, format_table, plot_costs, to_dicts
+
+    try:
+        sizes = [int(v) for v in args.img_size.split(",") if v.strip()]
+    except ValueError:
+        raise VitkitError(f"--img-size takes comma-separated integers, got '{args.img_size}'") from None
+    rows = cost_table(args.model, sizes, latency=not args.no_latency)
+    print(json.dumps(to_dicts(rows), indent=2) if args.json else format_table(rows))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "cost.json").write_text(json.dumps({"model": args.model, "rows": to_dicts(rows)}, indent=2))
+        plot_costs(rows, out / "cost.png", f"{args.model}: forward cost per image")
+        print(f"wrote {out}/cost.json and {out}/cost.png")
+
+
 def _data_pack(args: argparse.Namespace) -> None:
     from .data.shards import pack
 
@@ -268,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("cost", help="tokens, attention entries, FLOPs by part and latency per resolution",
+                       description="How a ViT's cost grows with resolution: tokens, attention-matrix entries, "
+                                   "forward FLOPs split into patch embedding / attention (and its quadratic "
+                                   "T x T part) / MLP, the attention matrix's memory, and measured batch-1 "
+                                   "CPU latency. FLOPs count a multiply-add as 2.")
+    p.add_argument("--model", required=True, metavar="NAME", help="registered ViT name (see `vitkit models`)")
+    p.add_argument("--img-size", default="128,224,384,512", metavar="N,N,...",
+                   help="comma-separated resolutions, multiples of the patch size (default 128,224,384,512)")
+    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement (closed form only)")
+    p.add_argument("--out", metavar="DIR", help="also write cost.json and a log-log plot cost.png here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_cost)
 
     p = sub.add_parser("data", help="data tools: pack a dataset into WebDataset tar shards",
                        description="Data tools. `vitkit data pack` writes train/val/test shards (split exactly as "

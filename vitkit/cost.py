@@ -1,0 +1,116 @@
+"""What a ViT costs at a given resolution, in closed form: tokens, attention-matrix entries, FLOPs by
+part, and the attention matrix's memory; plus a measured latency. Shows the paper's point that the
+encoder's cost grows with the number of patches, the attention part quadratically.
+
+FLOPs count a multiply-add of a matrix product or convolution as 2 (as fvcore and PyTorch's
+FlopCounterMode do); normalisation, softmax, activations and bias additions are left out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import VitkitError
+from .models import ViTConfig, build_model, model_config
+
+
+@dataclass
+class Cost:
+    img_size: int
+    tokens: int
+    attn_entries: int        # h * T^2 per layer, summed over layers
+    gflops_embed: float      # patch embedding
+    gflops_attn: float       # qkv and output projections plus the two T x T products
+    gflops_attn_matrix: float  # of which the T x T products (Q K^T and A V): the quadratic part
+    gflops_mlp: float
+    gflops_head: float
+    gflops_total: float
+    attn_matrix_mb: float    # one layer's attention probabilities per image, fp32, when materialised
+    latency_ms: float | None = None  # measured, batch 1
+
+
+def vit_cost(cfg: ViTConfig, img_size: int | None = None) -> Cost:
+    """Forward cost of one image through `cfg` at `img_size` (default: the config's)."""
+    if cfg.resnet_layers is not None:
+        raise VitkitError("cost: hybrid models are not supported yet (their ResNet stem has no closed form here)")
+    size = img_size or cfg.img_size[0]
+    if size % cfg.patch_size:
+        raise VitkitError(f"cost: img_size {size} is not a multiple of patch_size {cfg.patch_size}")
+    n = (size // cfg.patch_size) ** 2
+    t = n + cfg.num_prefix_tokens
+    d, m, h, layers = cfg.embed_dim, cfg.mlp_dim, cfg.num_heads, cfg.depth
+    embed = 2 * n * cfg.in_chans * cfg.patch_size ** 2 * d
+    attn_matrix = layers * 2 * (2 * t * t * d)            # Q K^T and A V, all heads together
+    attn = layers * (2 * t * d * 3 * d + 2 * t * d * d) + attn_matrix
+    mlp = layers * 2 * (2 * t * d * m)
+    head = 2 * d * (cfg.representation_size or 0) + 2 * (cfg.representation_size or d) * cfg.num_classes
+    g = 1e-9
+    return Cost(size, t, layers * h * t * t, embed * g, attn * g, attn_matrix * g, mlp * g, head * g,
+                (embed + attn + mlp + head) * g, h * t * t * 4 / 2 ** 20)
+
+
+@torch.inference_mode()
+def measure_latency(cfg: ViTConfig, img_size: int, repeats: int = 5) -> float:
+    """Median milliseconds of one batch-1 forward on the CPU (after a warm-up)."""
+    model = build_model(cfg.replace(img_size=img_size)).eval()
+    x = torch.randn(1, cfg.in_chans, img_size, img_size)
+    model(x)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model(x)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
+
+
+def cost_table(name: str, sizes: list[int], latency: bool = True) -> list[Cost]:
+    cfg = model_config(name)
+    if not isinstance(cfg, ViTConfig):
+        raise VitkitError(f"cost: {name} is not a Vision Transformer")
+    rows = []
+    for size in sizes:
+        c = vit_cost(cfg, size)
+        if latency:
+            c.latency_ms = measure_latency(cfg, size)
+        rows.append(c)
+    return rows
+
+
+def format_table(rows: list[Cost]) -> str:
+    head = ("| img | tokens | attn entries | GFLOPs total | embed | attention (T×T part) | MLP | "
+            "attn matrix MB/layer | latency ms |")
+    lines = [head, "| " + " | ".join(["---"] * 9) + " |"]
+    for c in rows:
+        lat = f"{c.latency_ms:.1f}" if c.latency_ms is not None else "-"
+        lines.append(f"| {c.img_size} | {c.tokens:,} | {c.attn_entries:,} | {c.gflops_total:.3g} | {c.gflops_embed:.3g} "
+                     f"| {c.gflops_attn:.3g} ({c.gflops_attn_matrix:.3g}) | {c.gflops_mlp:.3g} "
+                     f"| {c.attn_matrix_mb:.3g} | {lat} |")
+    return "\n".join(lines)
+
+
+def plot_costs(rows: list[Cost], path: Path, title: str) -> None:
+    from .analysis.plots import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    x = [c.img_size for c in rows]
+    for label, key in (("total", "gflops_total"), ("MLP", "gflops_mlp"), ("attention", "gflops_attn"),
+                       ("attention T×T products", "gflops_attn_matrix"), ("patch embedding", "gflops_embed")):
+        ax.plot(x, [getattr(c, key) for c in rows], marker="o", label=label)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("image size (pixels per side)")
+    ax.set_ylabel("GFLOPs per image")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def to_dicts(rows: list[Cost]) -> list[dict]:
+    return [asdict(c) for c in rows]
