@@ -196,6 +196,16 @@ def _cost(args: argparse.Namespace) -> None:
         print(f"wrote {out}/cost.json and {out}/cost.png")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export import export_onnx
+
+    if args.format != "onnx":
+        raise VitkitError(f"--format {args.format} is not implemented yet; use --format onnx")
+    r = export_onnx(args.checkpoint, args.out, args.opset, check=not args.no_check)
+    diff = f"; onnxruntime vs PyTorch max |diff| {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
+    print(f"wrote {r['path']} (input {'x'.join(str(v) for v in r['input'])}, opset {r['opset']}){diff}")
+
+
 def _data_pack(args: argparse.Namespace) -> None:
     from .data.shards import pack
 
@@ -301,6 +311,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="also write cost.json and a log-log plot cost.png here")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_cost)
+
+    p = sub.add_parser("export", help="write a deployment file (ONNX) and check it against PyTorch",
+                       description="Export a checkpoint (any weights format vitkit reads) to ONNX with a dynamic "
+                                   "batch dimension at the checkpoint's image size, then run it in onnxruntime "
+                                   "and compare the logits with PyTorch's (fails above 1e-4).")
+    _checkpoint_flag(p)
+    p.add_argument("--format", default="onnx", choices=["onnx", "int8"],
+                   help="onnx (int8 quantisation is not implemented yet and says so)")
+    p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("data", help="data tools: pack a dataset into WebDataset tar shards",
                        description="Data tools. `vitkit data pack` writes train/val/test shards (split exactly as "
