@@ -90,6 +90,10 @@ def dist_backend() -> str:
     return dist.get_backend() if dist.is_available() and dist.is_initialized() else "none"
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(clean: bool = True) -> None:
+    """Leave the group. After a clean run every process first waits for the others, so none tears
+    down its connections while a peer still uses them (gloo aborts the process if that happens)."""
     if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()

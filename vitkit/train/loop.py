@@ -537,15 +537,20 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progre
         cfg = build_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else None)
     cfg = cfg or build_config()
     dist, device = init_distributed(resolve_device(cfg.train.device))
+    clean = False
     try:
         if resume is not None:
             if epochs and dist.is_main:
                 save_config(cfg, run_dir / "config.yaml")
-            return Trainer(cfg, run_dir, resume=True, progress=progress, on_step=on_step, dist=dist,
-                           device=device).run()
+            summary = Trainer(cfg, run_dir, resume=True, progress=progress, on_step=on_step, dist=dist,
+                              device=device).run()
+            clean = True
+            return summary
         run_dir = Path(cfg.train.out) if cfg.train.out else Path(agree_on(str(default_run_dir(cfg.model_name))))
         if (run_dir / "checkpoints" / "last.state.pt").exists():  # (a run killed before that file starts afresh)
             raise VitkitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-        return Trainer(cfg, run_dir, progress=progress, on_step=on_step, dist=dist, device=device).run()
+        summary = Trainer(cfg, run_dir, progress=progress, on_step=on_step, dist=dist, device=device).run()
+        clean = True
+        return summary
     finally:
-        shutdown_distributed()
+        shutdown_distributed(clean)
