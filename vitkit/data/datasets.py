@@ -14,7 +14,7 @@ from ..config import AugConfig, DataConfig
 from ..errors import VitkitError
 from . import sources
 from .images import read_image
-from .shards import ShardSet
+from .shards import ShardSet, open_shards, read_blob
 from .transforms import Preprocess, rand_augment, random_crop_with_padding, random_resized_crop, resize
 
 PAPER_MEAN, PAPER_STD = 0.5, 0.5  # inputs scaled to [-1, 1], as for the paper's models
@@ -73,8 +73,6 @@ class ImageDataset(Dataset):
         if self.split.images is not None:
             return self.split.images[i]
         if self.split.blobs is not None:
-            from .shards import read_blob
-
             return read_image(io.BytesIO(read_blob(self.split.blobs[i])), self.pre.in_chans, self.split.paths[i])
         return read_image(self.split.paths[i], self.pre.in_chans)
 
@@ -176,8 +174,6 @@ def build_data(cfg: DataConfig, aug: AugConfig, img_size: tuple[int, int], in_ch
     """Load the source, carve val (and a test split for folders without one), wrap in datasets."""
     stream = None
     if cfg.spec.startswith("shards:"):
-        from .shards import open_shards
-
         stream, src = open_shards(cfg.spec.partition(":")[2])
         if src.val is None or src.test is None:
             raise VitkitError(f"{cfg.spec}: index.json lists no val and test shards; write them with `vitkit data pack`")
