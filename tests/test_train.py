@@ -165,6 +165,38 @@ def test_predict_applies_stored_preprocessing_and_reports_bad_files(trained_run,
     assert "notes.txt" in res[1]["error"] and "notes.txt" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "int8"])
+def test_exported_files_run_in_eval_and_predict(trained_run, tmp_path, fmt):
+    pytest.importorskip("onnxruntime")
+    out, summary = trained_run
+    onnx_file = tmp_path / f"m-{fmt}.onnx"
+    r = vitkit_cli("export", "--checkpoint", str(out), "--format", fmt, "--out", str(onnx_file))
+    assert r.returncode == 0, r.stderr
+    ev = vitkit_cli("eval", "--checkpoint", str(onnx_file), "--data", "synthetic", "--out", str(tmp_path / "ev"))
+    assert ev.returncode == 0, ev.stderr
+    top1 = json.loads((tmp_path / "ev" / "eval.json").read_text())["top1"]
+    if fmt == "onnx":
+        assert top1 == pytest.approx(summary["test_acc"])
+    else:  # int8 weights and activations: within 3 points on this small synthetic test set
+        assert abs(top1 - summary["test_acc"]) <= 0.03
+    img = np.full((48, 48), 20, dtype=np.uint8)
+    img[24:, 24:] = 210
+    Image.fromarray(img).save(tmp_path / "q3.png")
+    pr = vitkit_cli("predict", "--checkpoint", str(onnx_file), str(tmp_path / "q3.png"), "--json")
+    assert pr.returncode == 0, pr.stderr
+    assert json.loads(pr.stdout)[0]["top"][0]["class"] == "class3"
+
+
+def test_exported_file_errors_are_one_line(tmp_path):
+    pytest.importorskip("onnxruntime")
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    r = vitkit_cli("eval", "--checkpoint", str(tmp_path / "junk.onnx"), "--data", "synthetic")
+    assert r.returncode == 2 and "junk.onnx" in r.stderr and "Traceback" not in r.stderr
+    r = vitkit_cli("export", "--checkpoint", str(tmp_path / "junk.onnx"), "--out", str(tmp_path / "again.onnx"))
+    assert r.returncode == 2 and "already an exported file" in r.stderr
+    assert not (tmp_path / "again.onnx").exists()
+
+
 def test_folder_training_with_mixed_sizes_and_a_corrupt_file(tmp_path):
     root = make_image_folder(tmp_path / "imgs", per_class=15)
     Image.new("RGB", (40, 23), (230, 230, 230)).save(root / "dog" / "odd_size.png")

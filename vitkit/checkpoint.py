@@ -158,7 +158,14 @@ def _is_vitkit(path: str | Path) -> bool:
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
     """The model a checkpoint describes, loaded, in eval mode, and its metadata (preprocessing, classes).
-    vitkit runs and files directly; any other format (npz, timm, HF, Hub names) through vitkit.load_model."""
+    vitkit runs and files directly; exported ONNX files (fp32 or int8) through onnxruntime; any other
+    format (npz, timm, HF, Hub names) through vitkit.load_model."""
+    if str(path).endswith(".onnx"):
+        if not Path(path).is_file():
+            raise VitkitError(f"checkpoint {path} does not exist")
+        from .export import load_onnx
+
+        return load_onnx(path)
     if not _is_vitkit(path):
         from .interop import load_model
 

@@ -58,6 +58,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append("train.grad_checkpointing=true")
         if args.fsdp:
             overrides.append("train.fsdp=true")
+        if getattr(args, "objective", None):
+            overrides.append(f"train.objective={args.objective}")
         if args.init:
             overrides.append(f"train.init={args.init}")
             if args.img_size:
@@ -77,7 +79,7 @@ def _eval(args: argparse.Namespace) -> None:
     from .evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out, args.batch_size, args.device,
-                            args.workers)
+                            args.workers, compile=args.compile)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "confusion"}, indent=2))
         return
@@ -95,7 +97,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from .predict import predict
 
-    results = predict(args.checkpoint, args.images, args.top_k, device=args.device)
+    results = predict(args.checkpoint, args.images, args.top_k, device=args.device, compile=args.compile)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     for r in results:
@@ -170,7 +172,14 @@ def _analyze(args: argparse.Namespace) -> None:
 
 def _checkpoint_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, metavar="SRC",
-                   help="a run folder (its best checkpoint) or weights in any format vitkit reads")
+                   help="a run folder (its best checkpoint), weights in any format vitkit reads, or (eval, "
+                        "predict) a file written by `vitkit export`")
+
+
+def _compile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="compile the model with frozen weights first (torch.compile): faster per image, but the "
+                        "first batch of each size waits 10-30 s for the compiler; pays on thousands of images")
 
 
 def _device_flag(p: argparse.ArgumentParser) -> None:
@@ -197,12 +206,13 @@ def _cost(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export_onnx
+    from .export import export_int8, export_onnx
 
-    if args.format != "onnx":
-        raise VitkitError(f"--format {args.format} is not implemented yet; use --format onnx")
-    r = export_onnx(args.checkpoint, args.out, args.opset, check=not args.no_check)
+    write = export_onnx if args.format == "onnx" else export_int8
+    r = write(args.checkpoint, args.out, args.opset, check=not args.no_check)
     diff = f"; onnxruntime vs PyTorch max |diff| {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
+    if "top1_agreement" in r:
+        diff += f", top-1 agreement {100 * r['top1_agreement']:.1f}% on random input"
     print(f"wrote {r['path']} (input {'x'.join(str(v) for v in r['input'])}, opset {r['opset']}){diff}")
 
 
@@ -257,6 +267,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-head", action="store_true", help="keep the old head when the classes match")
     p.set_defaults(func=_train, model=None, resume=None)
 
+    p = sub.add_parser(
+        "pretrain", help="self-supervised pre-training: masked patch prediction (paper B.1.2)",
+        description="Pre-train a ViT without labels: 50%% of the patch embeddings are corrupted (80%% [mask] "
+                    "embedding, 10%% another patch, 10%% unchanged) and the model predicts each corrupted patch's "
+                    "mean colour at 3 bits per channel. The run folder's checkpoints hold the encoder alone: "
+                    "`vitkit finetune --init RUN_DIR` starts from it. Same flags and run folder as train.")
+    p.add_argument("--objective", default="mpp", choices=["mpp"], help="the pre-training objective (default mpp)")
+    _run_flags(p, default_config="mpp")
+    p.add_argument("--model", metavar="NAME", help="registered ViT name (see `vitkit models`)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=_train, init=None, img_size=None, keep_head=False)
+
     p = sub.add_parser("convert", help="convert weights between vitkit, timm, Hugging Face and official .npz",
                        description="Read weights in any supported format and write them in another; the model "
                                    "is rebuilt from the tensors and must give the same logits.")
@@ -297,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _device_flag(p)
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    _compile_flag(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("cost", help="tokens, attention entries, FLOPs by part and latency per resolution",
@@ -312,13 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_cost)
 
-    p = sub.add_parser("export", help="write a deployment file (ONNX) and check it against PyTorch",
+    p = sub.add_parser("export", help="write a deployment file (ONNX, fp32 or int8) and check it against PyTorch",
                        description="Export a checkpoint (any weights format vitkit reads) to ONNX with a dynamic "
                                    "batch dimension at the checkpoint's image size, then run it in onnxruntime "
-                                   "and compare the logits with PyTorch's (fails above 1e-4).")
+                                   "and compare the logits with PyTorch's (onnx: fails above 1e-4). The file "
+                                   "carries the preprocessing and classes: `vitkit eval/predict --checkpoint "
+                                   "FILE.onnx` run it.")
     _checkpoint_flag(p)
     p.add_argument("--format", default="onnx", choices=["onnx", "int8"],
-                   help="onnx (int8 quantisation is not implemented yet and says so)")
+                   help="onnx: fp32; int8: dynamic int8 quantisation of every matrix multiply (per-channel "
+                        "weights) for CPU inference with onnxruntime")
     p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
@@ -353,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _device_flag(p)
+    _compile_flag(p)
     p.set_defaults(func=_predict)
     return parser
 

@@ -78,6 +78,7 @@ class TrainConfig:
     keep_head: bool = False          # with init: keep the old head when the classes match (default: new zero head)
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more compute
     fsdp: bool = False               # under torchrun: shard parameters, gradients and optimizer state (FSDP)
+    objective: str = "classify"      # classify | mpp (masked patch prediction pre-training; labels unused)
 
 
 @dataclass
@@ -102,7 +103,7 @@ class RunConfig:
 
 SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
 CHOICES = {("optim", "name"): ("adamw", "adam", "sgd"), ("optim", "schedule"): ("cosine", "linear", "constant"),
-           ("train", "amp"): ("none", "bf16", "fp16")}
+           ("train", "amp"): ("none", "bf16", "fp16"), ("train", "objective"): ("classify", "mpp")}
 NON_NEGATIVE = {"weight_decay", "min_lr", "clip_grad", "warmup_epochs", "mixup", "cutmix", "num_workers",
                 "crop_padding", "randaugment_n", "ema_decay", "checkpoint_every", "threads", "limit_train"}
 POSITIVE = {"epochs", "batch_size", "eval_batch_size", "accum_steps", "log_every"}

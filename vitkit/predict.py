@@ -11,6 +11,7 @@ from .checkpoint import load_checkpoint
 from .data.images import read_image
 from .data.transforms import Preprocess
 from .errors import VitkitError
+from .models.inference import inference_model
 
 
 @dataclass
@@ -27,11 +28,12 @@ class Prediction:
 
 @torch.inference_mode()
 def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 64,
-            device: str = "cpu") -> list[Prediction]:
+            device: str = "cpu", compile: bool = False) -> list[Prediction]:
     """Top-k classes for each image; an unreadable file gets an error entry and the rest go on."""
     if top_k < 1:
         raise VitkitError(f"top-k must be at least 1, got {top_k}")
     model, meta = load_checkpoint(checkpoint, device)
+    model = inference_model(model, compile)
     if "preprocess" not in meta:
         raise VitkitError(f"{checkpoint} records no preprocessing; cannot prepare images for it")
     pre = Preprocess.from_dict(meta["preprocess"])

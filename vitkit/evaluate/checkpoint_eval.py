@@ -11,15 +11,19 @@ from ..config import AugConfig, DataConfig
 from ..data.datasets import ImageDataset, build_data, make_loader
 from ..data.transforms import Preprocess
 from ..errors import VitkitError
+from ..models.inference import inference_model
 from .accuracy import evaluate, plot_confusion
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str = "test", out: str | Path | None = None,
-                        batch_size: int = 256, device: str = "cpu", workers: int = 0, seed: int = 0) -> dict[str, Any]:
-    """Top-1/top-5, per-class accuracy and confusion matrix; written to OUT/eval.json and OUT/confusion.png."""
+                        batch_size: int = 256, device: str = "cpu", workers: int = 0, seed: int = 0,
+                        compile: bool = False) -> dict[str, Any]:
+    """Top-1/top-5, per-class accuracy and confusion matrix; written to OUT/eval.json and OUT/confusion.png.
+    `compile` compiles the model with frozen weights first (pays on large test sets)."""
     if split not in ("train", "val", "test"):
         raise VitkitError(f"unknown split '{split}' (train, val, test)")
     model, meta = load_checkpoint(checkpoint, device)
+    model = inference_model(model, compile)
     pre = Preprocess.from_dict(meta["preprocess"])
     bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, seed)
     classes = meta.get("classes") or bundle.classes

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -47,6 +49,12 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])
 
 
+# Up to this many tokens, inference computes softmax(q k^T) v with plain matrix products: on CPU the
+# fused kernel's per-call cost dominates short sequences (1.2-1.7x slower at 17-101 tokens, batch 32;
+# measured in benchmarks/throughput.py). Training keeps the fused kernel, whose backward is faster.
+EXPLICIT_ATTENTION_MAX_TOKENS = 128
+
+
 class Attention(nn.Module):
     """MSA: softmax(q k^T / sqrt(D_h)) v for each head, heads concatenated and projected (appendix A)."""
 
@@ -69,7 +77,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.rel_pos(grid).to(q.dtype) if self.rel_pos is not None else None
         probs = None
-        if return_attn:
+        if return_attn or (t <= EXPLICIT_ATTENTION_MAX_TOKENS and not torch.is_grad_enabled()):
             logits = (q * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
                 logits = logits + bias
@@ -198,10 +206,14 @@ class VisionTransformer(nn.Module):
             return F.pad(table, (0, 0, self.num_prefix_tokens, 0))  # the class token gets no position
         return None  # "rel" acts inside attention; "none" has no position information
 
-    def forward_features(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
-        """Image -> LN(z_L): (B, T, D) tokens after the final LayerNorm."""
+    def forward_features(self, x: Tensor, return_attn: bool = False,
+                         patch_hook: Callable[[Tensor, tuple[int, int]], Tensor] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+        """Image -> LN(z_L): (B, T, D) tokens after the final LayerNorm. `patch_hook` may replace the patch
+        embeddings x_p E before the class token and E_pos join them (masked patch prediction corrupts there)."""
         self._check_input(x)
         z, grid = self.patch_embed(x)
+        if patch_hook is not None:
+            z = patch_hook(z, grid)
         if self.cls_token is not None:
             z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1), z], dim=1)
         pos = self.position_embedding(grid)

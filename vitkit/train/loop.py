@@ -81,6 +81,12 @@ class Trainer:
         self.local_batch = self.dist.local_batch(t.batch_size)
         self.local_eval_batch = -(-t.eval_batch_size // self.dist.world_size)
         model = self._pretrained_model() if t.init else self._new_model()
+        self.mpp = t.objective == "mpp"
+        if self.mpp:
+            from ..pretrain import MaskedPatchPrediction
+
+            model.reset_classifier(0)  # no classifier while pre-training (DDP insists every parameter is used)
+            model = MaskedPatchPrediction(model, self.data.pre.mean, self.data.pre.std)
         self.model = model.to(self.device)
         self.model_cfg = model.cfg
         self.params = count_params(self.model_cfg)
@@ -121,7 +127,7 @@ class Trainer:
                 remove_stale_temporaries(self.ckpt_dir)
             self._load_state()
         name = f"init:{Path(t.init).name}" if t.init else self.cfg.model_name
-        self.meta = {"model_name": name, "classes": self.data.classes,
+        self.meta = {"model_name": name, "classes": self.data.classes, "objective": t.objective,
                      "preprocess": self.data.pre.to_dict(), "data": cfg.data.spec}
 
     def _wrap(self, model: nn.Module) -> nn.Module:
@@ -212,15 +218,24 @@ class Trainer:
         """The weights to evaluate and publish: the EMA if kept, else the model (whole, even under FSDP)."""
         if self.ema is None and not self.cfg.train.fsdp:
             return self.model
-        shadow = build_model(self.model_cfg).to(self.device)
+        shadow = build_model(self.model_cfg)
+        if self.mpp:
+            from ..pretrain import MaskedPatchPrediction
+
+            shadow = MaskedPatchPrediction(shadow, self.data.pre.mean, self.data.pre.std)
+        shadow = shadow.to(self.device)
         shadow.load_state_dict(self.ema.shadow if self.ema else self._model_state())
         return shadow
+
+    def _published(self, model: nn.Module) -> nn.Module:
+        """What the weights files hold: for pre-training, the encoder alone (it loads into fine-tuning)."""
+        return model.encoder if self.mpp else model
 
     def save_last(self) -> None:
         """Every process gathers (FSDP needs all of them); only the first writes; all wait for the write.
         Weights first, then the resume state: whenever a state exists, its weights file exists too."""
         state = self._state()
-        model = self.eval_model()
+        model = self._published(self.eval_model())
         if self.dist.is_main:
             save_weights(self.ckpt_dir / "last.safetensors", model,
                          model_meta(self.model, step=self.step, epoch=self.epoch, **self.meta))
@@ -239,12 +254,16 @@ class Trainer:
             if batch["x"] is not None:
                 x, y = batch["x"].to(self.device), batch["y"].to(self.device)
                 g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7 + self.batch_in_epoch)
-                x, target = mix_batch(x, y, self.data.num_classes, cfg.aug.mixup, cfg.aug.cutmix, g,
-                                      cfg.aug.label_smoothing)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    logits = self.net(x)
-                loss_t = F.cross_entropy(logits.float(), target.to(self.device))
-                loss, n, correct = loss_t.item(), len(y), int((logits.argmax(1) == y).sum())
+                    if self.mpp:  # correct/n count corrupted patches whose colour was predicted
+                        loss_t, correct, n = self.net(x, g, loss=True)
+                    else:
+                        x, target = mix_batch(x, y, self.data.num_classes, cfg.aug.mixup, cfg.aug.cutmix, g,
+                                              cfg.aug.label_smoothing)
+                        logits = self.net(x)
+                        loss_t = F.cross_entropy(logits.float(), target.to(self.device))
+                        n, correct = len(y), int((logits.argmax(1) == y).sum())
+                loss = loss_t.item()
             has, finite = loss_t is not None, loss_t is None or math.isfinite(loss)
             if self.dist.enabled:
                 n_has, n_bad = self.dist.sum([float(has), float(not finite)])
@@ -423,8 +442,13 @@ class Trainer:
         t = self.cfg.train
         sampler = EpochBatches(len(ds), t.eval_batch_size, 0, shuffle=False, rank=self.dist.rank,
                                world_size=self.dist.world_size)
-        ev = evaluate(model, make_loader(ds, self.local_eval_batch, self.cfg.data.num_workers, sampler),
-                      self.data.num_classes, self.device, self.amp_dtype)
+        loader = make_loader(ds, self.local_eval_batch, self.cfg.data.num_workers, sampler)
+        if self.mpp:
+            from ..pretrain.mpp import evaluate_mpp
+
+            ev = evaluate_mpp(model, loader, self.data.num_classes, self.device, seed=self.dist.rank)
+        else:
+            ev = evaluate(model, loader, self.data.num_classes, self.device, self.amp_dtype)
         if not self.dist.enabled:
             return ev
         k = self.data.num_classes
@@ -454,7 +478,7 @@ class Trainer:
             self.best_acc, self.best_loss, self.best_step = ev.top1, ev.loss, self.step
         self.save_last()
         if improved:
-            model = self.eval_model()
+            model = self._published(self.eval_model())
             if self.dist.is_main:
                 save_weights(self.ckpt_dir / "best.safetensors", model,
                              model_meta(self.model, step=self.step, epoch=self.epoch, val_acc=ev.top1, **self.meta))
@@ -473,7 +497,9 @@ class Trainer:
             "skipped": sorted(self.skipped)[:100], "nonfinite_steps_skipped": self.nonfinite_skipped,
             "run_dir": str(self.run_dir),
         }
-        if status == "completed":
+        if self.mpp:
+            summary.update(objective="mpp", best_val_mpp_acc=self.best_acc)  # no labels used, no test accuracy
+        if status == "completed" and not self.mpp:
             from ..checkpoint import load_checkpoint
 
             best, _ = load_checkpoint(self.ckpt_dir / "best.safetensors", self.device)

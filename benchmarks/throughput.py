@@ -1,0 +1,284 @@
+"""vitkit against the peers on this machine, round-robin in one process.
+
+    python benchmarks/throughput.py --models mnist,ti16,s16,b16 --rounds 5
+
+For each model and each mode (inference at batch 1, inference at batch 32, training at batch 32 =
+forward + backward + AdamW step) the implementations are timed in turn, in a rotating order, for
+several rounds; every round also times an fp32 2048^3 matrix multiply. This CPU's speed drifts by
++-30% within minutes, so only ratios within a round are trusted: the table gives the median per-round
+ratio to the fastest peer (and its range) and the efficiency, model GFLOP/s / the round's matmul
+GFLOP/s. Peak memory is measured afterwards, one subprocess per cell (growth of the peak resident
+set over one iteration, after the model and input exist).
+
+vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`), and, for
+inference, also compiled with frozen weights (`vitkit_compiled`, the `--compile` option; compilation
+happens in the warm-up, outside the timing).
+
+Peers: Hugging Face transformers' ViT (SDPA and eager attention), vit-pytorch (its `vit` module is
+loaded on its own: the package's __init__ imports torchvision, which does not load beside this
+torch), and timm when it imports. All get the same threads, dtype (fp32), input and the same
+optimiser (torch.optim.AdamW with its defaults, for vitkit built by vitkit's own optimiser code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from vitkit.cost import vit_cost
+from vitkit.models import model_config
+
+MODELS = {"mnist": "vit_mnist_patch7_28", "ti16": "vit_tiny_patch16_224", "s16": "vit_small_patch16_224",
+          "b16": "vit_base_patch16_224"}
+MODES = {"infer_b1": (False, 1), "infer_b32": (False, 32), "train_b32": (True, 32)}
+
+
+# --- the implementations -------------------------------------------------------------------------
+def build_vitkit(name: str) -> nn.Module:
+    from vitkit.models import create_model
+    return create_model(name)
+
+
+def build_hf(name: str, attn: str) -> nn.Module:
+    from transformers import ViTConfig as HFConfig
+    from transformers import ViTForImageClassification
+    c = model_config(name)
+    hf = HFConfig(hidden_size=c.embed_dim, num_hidden_layers=c.depth, num_attention_heads=c.num_heads,
+                  intermediate_size=c.mlp_dim, image_size=c.img_size[0], patch_size=c.patch_size,
+                  num_channels=c.in_chans, num_labels=c.num_classes, qkv_bias=True, hidden_act="gelu",
+                  hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_eps=c.norm_eps)
+    hf._attn_implementation = attn
+    return _Logits(ViTForImageClassification(hf))
+
+
+class _Logits(nn.Module):
+    """HF models return an output object; the benchmark wants the logits tensor like the others."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def _vit_pytorch_module():
+    spec = importlib.util.find_spec("vit_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("vit-pytorch is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "vit.py"
+    mod_spec = importlib.util.spec_from_file_location("_vit_pytorch_vit", path)
+    mod = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(mod)
+    return mod
+
+
+def build_vit_pytorch(name: str) -> nn.Module:
+    c = model_config(name)
+    return _vit_pytorch_module().ViT(image_size=c.img_size[0], patch_size=c.patch_size, num_classes=c.num_classes,
+                                     dim=c.embed_dim, depth=c.depth, heads=c.num_heads, mlp_dim=c.mlp_dim,
+                                     channels=c.in_chans, dim_head=c.embed_dim // c.num_heads)
+
+
+def build_timm(name: str) -> nn.Module:
+    import timm
+    c = model_config(name)
+    return timm.models.VisionTransformer(img_size=c.img_size[0], patch_size=c.patch_size, in_chans=c.in_chans,
+                                         num_classes=c.num_classes, embed_dim=c.embed_dim, depth=c.depth,
+                                         num_heads=c.num_heads, mlp_ratio=c.mlp_dim / c.embed_dim)
+
+
+IMPLS: dict[str, Callable[[str], nn.Module]] = {
+    "vitkit": build_vitkit,
+    "vitkit_compiled": build_vitkit,   # inference only: torch.compile with frozen weights
+    "hf_sdpa": lambda n: build_hf(n, "sdpa"),
+    "hf_eager": lambda n: build_hf(n, "eager"),
+    "vit_pytorch": build_vit_pytorch,
+    "timm": build_timm,
+}
+
+
+def available(names: list[str]) -> dict[str, Callable[[str], nn.Module]]:
+    out = {}
+    for n in names:
+        try:
+            IMPLS[n]("vit_mnist_patch7_28")
+            out[n] = IMPLS[n]
+        except Exception as e:  # a peer that does not install or import here is reported and left out
+            print(f"skipping {n}: {type(e).__name__}: {str(e).splitlines()[0][:120]}", file=sys.stderr)
+    return out
+
+
+# --- one cell: a model, a mode, an implementation -------------------------------------------------
+@dataclass
+class Cell:
+    step: Callable[[], None]
+    batch: int
+
+
+def make_cell(impl: str, name: str, mode: str) -> Cell:
+    train, batch = MODES[mode]
+    torch.manual_seed(0)
+    model = IMPLS[impl](name)
+    c = model_config(name)
+    x = torch.randn(batch, c.in_chans, *c.img_size)
+    if not train:
+        model.eval()
+        if impl.startswith("vitkit"):
+            from vitkit.models.inference import inference_model
+            model = inference_model(model, compile=impl == "vitkit_compiled")
+
+        def step() -> None:
+            with torch.inference_mode():
+                model(x)
+        return Cell(step, batch)
+    model.train()
+    y = torch.randint(0, c.num_classes, (batch,))
+    if impl.startswith("vitkit"):
+        from vitkit.config import OptimConfig
+        from vitkit.train.optim import build_optimizer
+        opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-4, weight_decay=0.0))
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        loss_fn(model(x), y).backward()
+        opt.step()
+    return Cell(step, batch)
+
+
+def time_cell(cell: Cell, min_seconds: float) -> float:
+    """Images per second over at least `min_seconds` (and at least two iterations)."""
+    n, t0 = 0, time.perf_counter()
+    while True:
+        cell.step()
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if n >= 2 and elapsed >= min_seconds:
+            return n * cell.batch / elapsed
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 3) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * size ** 3 / (time.perf_counter() - t0) / 1e9
+
+
+# --- peak memory, one subprocess per cell ---------------------------------------------------------
+def peak_memory_mb(impl: str, name: str, mode: str, threads: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--memory-probe", impl, name, mode, "--threads", str(threads)],
+                         capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def memory_probe(impl: str, name: str, mode: str) -> None:
+    cell = make_cell(impl, name, mode)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    cell.step()
+    cell.step()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print((after - before) / 1024)  # ru_maxrss is in KiB on Linux
+
+
+# --- the benchmark --------------------------------------------------------------------------------
+def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_seconds: float) -> list[dict]:
+    rows = []
+    for key in models:
+        name = MODELS.get(key, key)
+        gflop_fwd = vit_cost(model_config(name)).gflops_total
+        for mode in modes:
+            train, _ = MODES[mode]
+            gflop_img = gflop_fwd * (3 if train else 1)
+            cells = {i: make_cell(i, name, mode) for i in impls if not (train and i == "vitkit_compiled")}
+            for cell in cells.values():   # warm-up: first-call allocations, kernel selection
+                cell.step()
+            per_round = []
+            for r in range(rounds):
+                mm = matmul_gflops()
+                names = list(cells)
+                order = names[r % len(names):] + names[:r % len(names)]
+                per_round.append({"matmul_gflops": mm,
+                                  **{i: time_cell(cells[i], min_seconds) for i in order}})
+                print(f"{key} {mode} round {r + 1}/{rounds}: matmul {mm:.0f} GFLOP/s, "
+                      + ", ".join(f"{i} {per_round[-1][i]:.1f} img/s" for i in names), file=sys.stderr, flush=True)
+            peers = [i for i in cells if not i.startswith("vitkit")]
+            for i in cells:
+                ips = [p[i] for p in per_round]
+                eff = [p[i] * gflop_img / p["matmul_gflops"] for p in per_round]
+                row = {"model": name, "mode": mode, "impl": i, "img_s_median": statistics.median(ips),
+                       "efficiency_median": statistics.median(eff), "gflop_per_img": gflop_img}
+                if peers:
+                    ratios = [p[i] / max(p[j] for j in peers) for p in per_round]
+                    row.update(ratio_to_fastest_peer_median=statistics.median(ratios),
+                               ratio_min=min(ratios), ratio_max=max(ratios))
+                rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| model | mode | implementation | img/s (median) | efficiency | x fastest peer (median, range) | peak MB |",
+             "|---|---|---|---:|---:|---|---:|"]
+    for r in rows:
+        ratio = (f"{r['ratio_to_fastest_peer_median']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
+                 if "ratio_to_fastest_peer_median" in r else "")
+        mem = f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else ""
+        lines.append(f"| {r['model']} | {r['mode']} | {r['impl']} | {r['img_s_median']:.1f} | "
+                     f"{r['efficiency_median'] * 100:.0f}% | {ratio} | {mem} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="mnist,ti16,s16,b16",
+                    help="comma-separated: mnist, ti16, s16, b16, or registered vitkit names")
+    ap.add_argument("--impls", default="vitkit,vitkit_compiled,hf_sdpa,hf_eager,vit_pytorch,timm",
+                    help="implementations to compare (those that do not import are skipped)")
+    ap.add_argument("--modes", default="infer_b1,infer_b32,train_b32", help="comma-separated subset of " + ",".join(MODES))
+    ap.add_argument("--rounds", type=int, default=5, help="round-robin rounds per model and mode")
+    ap.add_argument("--min-seconds", type=float, default=1.0, help="minimum timed seconds per cell per round")
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads for every implementation")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    ap.add_argument("--out", default="benchmarks/results/throughput.json", help="JSON output (a .md is written beside)")
+    ap.add_argument("--memory-probe", nargs=3, metavar=("IMPL", "MODEL", "MODE"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        memory_probe(*args.memory_probe)
+        return
+    impls = list(available(args.impls.split(",")))
+    models, modes = args.models.split(","), args.modes.split(",")
+    rows = run(models, impls, modes, args.rounds, args.min_seconds)
+    if not args.no_memory:
+        for r in rows:
+            if r["impl"] != "vitkit_compiled":  # its peak would be the compiler's
+                r["peak_mb"] = peak_memory_mb(r["impl"], r["model"], r["mode"], args.threads)
+    result = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "torch": torch.__version__,
+              "cpu_count": os.cpu_count(), "rounds": args.rounds, "command": " ".join(sys.argv), "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    table = markdown(rows)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
