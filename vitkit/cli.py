@@ -182,6 +182,19 @@ def _compile_flag(p: argparse.ArgumentParser) -> None:
                         "first batch of each size waits 10-30 s for the compiler; pays on thousands of images")
 
 
+def _fewshot(args: argparse.Namespace) -> None:
+    import json
+
+    from .evaluate.fewshot import fewshot_eval, format_fewshot
+
+    try:
+        shots = [int(s) for s in args.shots.split(",")]
+    except ValueError:
+        raise VitkitError(f"--shots expects comma-separated integers, got '{args.shots}'") from None
+    r = fewshot_eval(args.checkpoint, args.data, shots, args.draws, args.l2, args.seed, args.max_test, args.out)
+    print(json.dumps(r, indent=2) if args.json else format_fewshot(r))
+
+
 def _device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
 
@@ -321,6 +334,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     _compile_flag(p)
     p.set_defaults(func=_eval)
+
+    p = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features (closed-form ridge)",
+                       description="Encode images with the checkpoint's frozen pre-logit features, fit a "
+                                   "regularised least-squares classifier onto {-1,1} targets from k random "
+                                   "training images per class (features whitened on those, plus a bias feature; "
+                                   "as big_vision's few-shot evaluator), and report test accuracy: mean and spread "
+                                   "over several draws, for every k.")
+    _checkpoint_flag(p)
+    p.add_argument("--data", required=True, metavar="SPEC", help="data spec, as for train (train split: the "
+                   "k-shot pool; test split: the evaluation)")
+    p.add_argument("--shots", default="1,5,10,25", metavar="K,K,...", help="images per class (default 1,5,10,25)")
+    p.add_argument("--draws", type=int, default=5, help="random k-shot sets per k (default 5)")
+    p.add_argument("--l2", type=float, default=1024.0, help="ridge strength (default 2^10, big_vision's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the draws and of the data split")
+    p.add_argument("--max-test", type=int, default=0, metavar="N", help="evaluate on N random test images "
+                   "(default 0: all)")
+    p.add_argument("--out", metavar="DIR", help="also write fewshot.json here")
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_fewshot)
 
     p = sub.add_parser("cost", help="tokens, attention entries, FLOPs by part and latency per resolution",
                        description="How a ViT's cost grows with resolution: tokens, attention-matrix entries, "
