@@ -195,6 +195,23 @@ def _fewshot(args: argparse.Namespace) -> None:
     print(json.dumps(r, indent=2) if args.json else format_fewshot(r))
 
 
+def _experiment(args: argparse.Namespace) -> None:
+    from .experiments import data_scaling
+
+    def ints(flag: str, text: str) -> list[int]:
+        try:
+            return [int(v.replace("_", "")) for v in text.split(",")]
+        except ValueError:
+            raise VitkitError(f"--{flag} expects comma-separated integers, got '{text}'") from None
+
+    r = data_scaling(args.data, ints("sizes", args.sizes), args.models.split(","), args.out, args.images_seen,
+                     args.config, ints("seeds", args.seeds), args.set, progress=False if args.no_progress else None)
+    from .experiments.data_scaling import markdown
+
+    print(markdown(r))
+    print(f"wrote {args.out}/data_scaling.json, .md and .png")
+
+
 def _device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps")
 
@@ -353,6 +370,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="also write fewshot.json here")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_fewshot)
+
+    p = sub.add_parser("experiment", help="the paper's experiments: data-scaling (ViT vs ResNet as data grows)",
+                       description="Run one of the paper's experiments as a resumable sweep of ordinary runs.")
+    exp_sub = p.add_subparsers(dest="experiment", metavar="EXPERIMENT", required=True)
+    e = exp_sub.add_parser("data-scaling", help="test accuracy against training-set size, for each model",
+                           description="Train every model on stratified subsets of the training data of each size "
+                                       "(same recipe, same number of images seen: smaller sets get more epochs), "
+                                       "evaluate on the same test set, and write a table (markdown + JSON) and a "
+                                       "plot of accuracy against size (log x). Finished cells are kept: running "
+                                       "the same command again resumes the sweep.")
+    e.add_argument("--data", required=True, metavar="SPEC", help="data spec, as for train")
+    e.add_argument("--sizes", default="1000,5000,20000,60000", metavar="N,N,...",
+                   help="labelled training-set sizes, validation share included (default 1000,5000,20000,60000)")
+    e.add_argument("--models", default="vit_mnist_patch7_28,resnet_bit_mnist", metavar="NAME,NAME,...",
+                   help="registered models to compare (default vit_mnist_patch7_28,resnet_bit_mnist)")
+    e.add_argument("--images-seen", type=int, default=300_000, metavar="N",
+                   help="the budget: training images seen by every run (default 300000)")
+    e.add_argument("--config", default="mnist", metavar="PRESET_OR_YAML", help="the recipe (default mnist)")
+    e.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="recipe overrides")
+    e.add_argument("--seeds", default="0", metavar="S,S,...", help="seeds per cell (default 0)")
+    e.add_argument("--out", required=True, metavar="DIR", help="sweep folder (cells/, data_scaling.json/.md/.png)")
+    e.add_argument("--no-progress", action="store_true", help="plain log lines instead of progress bars")
+    e.set_defaults(func=_experiment)
 
     p = sub.add_parser("cost", help="tokens, attention entries, FLOPs by part and latency per resolution",
                        description="How a ViT's cost grows with resolution: tokens, attention-matrix entries, "
