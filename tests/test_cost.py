@@ -38,3 +38,13 @@ def test_cost_command_writes_table_json_and_plot(tmp_path, capsys):
     assert main(["cost", "--model", "resnet_bit_mnist", "--img-size", "28"]) == 2
     with pytest.raises(VitkitError, match="hybrid"):
         vit_cost(create_model("vit_mnist_r_28").cfg)
+
+
+def test_activation_memory_is_measured_per_token():
+    from vitkit.cost import measure_activation_mb
+    cfg = create_model("vit_digits_patch4_8").cfg.replace(num_classes=10)
+    small, large = measure_activation_mb(cfg, 16), measure_activation_mb(cfg, 32)   # 17 and 65 tokens
+    t_small, t_large = 17, 65
+    floor = cfg.depth * 2 * t_small * cfg.embed_dim * 4 / 2 ** 20   # at least both LayerNorm inputs per layer
+    assert small > floor
+    assert large / small == pytest.approx(t_large / t_small, rel=0.25)

@@ -209,10 +209,12 @@ def test_relative_bias_is_translation_invariant():
 def test_recorded_attention_gives_same_logits_as_fused_path(pos):
     model = randomise(tiny(pos_embed=pos))
     x = torch.randn(3, 3, 16, 16)
+    fused = model(x).detach()                   # autograd on: the fused kernel
     with torch.no_grad():
-        fused = model(x)
+        inference = model(x)                    # 17 tokens, no autograd: explicit matrix products
         logits, attns = model(x, return_attn=True)
     assert torch.allclose(fused, logits, atol=1e-5, rtol=1e-5)  # stated tolerance: 1e-5
+    assert torch.allclose(fused, inference, atol=1e-5, rtol=1e-5)
     assert len(attns) == 2 and attns[0].shape == (3, 4, 17, 17)
     assert torch.allclose(attns[0].sum(-1), torch.ones(3, 4, 17), atol=1e-5)
 
@@ -370,3 +372,16 @@ def test_stem_without_pool_halves_the_stride():
     assert pooled.cfg.backbone_stride == 4 and unpooled.cfg.backbone_stride == 4  # (2,): 4; no pool x 2 stages: 2*2
     assert create_model("vit_mnist_r_28", resnet_stem_pool=False).cfg.grid_size() == (14, 14)
     assert unpooled(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.slow
+def test_compiled_inference_model_gives_the_same_logits():
+    from vitkit.models.inference import inference_model
+
+    model = randomise(tiny())
+    x = torch.randn(4, 3, 16, 16)
+    with torch.inference_mode():
+        want = model(x)
+        got = inference_model(model, compile=True)(x)
+    assert torch.allclose(want, got, atol=1e-4, rtol=1e-4)
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training

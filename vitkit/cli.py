@@ -397,12 +397,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cost", help="tokens, attention entries, FLOPs by part and latency per resolution",
                        description="How a ViT's cost grows with resolution: tokens, attention-matrix entries, "
                                    "forward FLOPs split into patch embedding / attention (and its quadratic "
-                                   "T x T part) / MLP, the attention matrix's memory, and measured batch-1 "
+                                   "T x T part) / MLP, the attention matrix's memory, and, measured, the "
+                                   "activation memory a training forward keeps per image and the batch-1 "
                                    "CPU latency. FLOPs count a multiply-add as 2.")
     p.add_argument("--model", required=True, metavar="NAME", help="registered ViT name (see `vitkit models`)")
     p.add_argument("--img-size", default="128,224,384,512", metavar="N,N,...",
                    help="comma-separated resolutions, multiples of the patch size (default 128,224,384,512)")
-    p.add_argument("--no-latency", action="store_true", help="skip the latency measurement (closed form only)")
+    p.add_argument("--no-latency", action="store_true",
+                   help="skip the measurements (latency, activation memory): closed form only")
     p.add_argument("--out", metavar="DIR", help="also write cost.json and a log-log plot cost.png here")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     p.set_defaults(func=_cost)

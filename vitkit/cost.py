@@ -31,6 +31,7 @@ class Cost:
     gflops_total: float
     attn_matrix_mb: float    # one layer's attention probabilities per image, fp32, when materialised
     latency_ms: float | None = None  # measured, batch 1
+    activation_mb: float | None = None  # measured: what autograd keeps for the backward pass of one image
 
 
 def vit_cost(cfg: ViTConfig, img_size: int | None = None) -> Cost:
@@ -67,6 +68,24 @@ def measure_latency(cfg: ViTConfig, img_size: int, repeats: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def measure_activation_mb(cfg: ViTConfig, img_size: int) -> float:
+    """Megabytes of activations a training forward of one image keeps for its backward pass (fp32): the
+    tensors autograd saves, each storage counted once, the parameters left out."""
+    model = build_model(cfg.replace(img_size=img_size)).train()
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(torch.randn(1, cfg.in_chans, img_size, img_size))
+    return sum(seen.values()) / 2 ** 20
+
+
 def cost_table(name: str, sizes: list[int], latency: bool = True) -> list[Cost]:
     cfg = model_config(name)
     if not isinstance(cfg, ViTConfig):
@@ -76,19 +95,21 @@ def cost_table(name: str, sizes: list[int], latency: bool = True) -> list[Cost]:
         c = vit_cost(cfg, size)
         if latency:
             c.latency_ms = measure_latency(cfg, size)
+            c.activation_mb = measure_activation_mb(cfg, size)
         rows.append(c)
     return rows
 
 
 def format_table(rows: list[Cost]) -> str:
     head = ("| img | tokens | attn entries | GFLOPs total | embed | attention (T×T part) | MLP | "
-            "attn matrix MB/layer | latency ms |")
-    lines = [head, "| " + " | ".join(["---"] * 9) + " |"]
+            "attn matrix MB/layer | activations MB (training) | latency ms |")
+    lines = [head, "| " + " | ".join(["---"] * 10) + " |"]
     for c in rows:
         lat = f"{c.latency_ms:.1f}" if c.latency_ms is not None else "-"
+        act = f"{c.activation_mb:.4g}" if c.activation_mb is not None else "-"
         lines.append(f"| {c.img_size} | {c.tokens:,} | {c.attn_entries:,} | {c.gflops_total:.3g} | {c.gflops_embed:.3g} "
                      f"| {c.gflops_attn:.3g} ({c.gflops_attn_matrix:.3g}) | {c.gflops_mlp:.3g} "
-                     f"| {c.attn_matrix_mb:.3g} | {lat} |")
+                     f"| {c.attn_matrix_mb:.3g} | {act} | {lat} |")
     return "\n".join(lines)
 
 

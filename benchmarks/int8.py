@@ -1,0 +1,121 @@
+"""int8 inference against fp32 on this CPU, round-robin in one process, plus the accuracy it costs.
+
+    python benchmarks/int8.py --checkpoint RUN_DIR --data mnist:../shared/data/mnist --models mnist,s16
+
+For each model: PyTorch fp32 (vitkit's inference path), onnxruntime fp32 (`vitkit export --format
+onnx`), onnxruntime int8 (`vitkit export --format int8`) and, for reference, PyTorch's own dynamic
+int8 (`torch.ao.quantization.quantize_dynamic` of the linear layers, the path the peers document),
+at batch 32, timed in turn for several rounds; the table gives the median per-round speed-up over
+PyTorch fp32 and its range. `mnist` uses the trained checkpoint (and its test accuracy, fp32 against
+int8, over the whole test set); the 224-px models use random weights (speed only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from vitkit.checkpoint import load_checkpoint, model_meta, save_weights
+from vitkit.data.transforms import Preprocess
+from vitkit.evaluate import evaluate_checkpoint
+from vitkit.export import OnnxModel, export_int8, export_onnx
+from vitkit.models import create_model
+from vitkit.models.inference import inference_model
+
+NAMES = {"s16": "vit_small_patch16_224", "b16": "vit_base_patch16_224", "ti16": "vit_tiny_patch16_224"}
+
+
+def checkpoint_for(key: str, run: str | None, tmp: Path) -> Path:
+    if key == "mnist":
+        if not run:
+            raise SystemExit("--checkpoint RUN_DIR (a trained MNIST run) is needed for the mnist row")
+        return Path(run)
+    torch.manual_seed(0)
+    model = create_model(NAMES.get(key, key))
+    torch.nn.init.normal_(model.head.weight, std=0.02)   # a zero head would make every logit equal
+    c = model.cfg
+    meta = model_meta(model, preprocess=Preprocess(c.img_size, c.in_chans, (0.5,) * c.in_chans,
+                                                   (0.5,) * c.in_chans).to_dict())
+    path = tmp / f"{key}.safetensors"
+    save_weights(path, model, meta)
+    return path
+
+
+def images_per_second(fn, x: torch.Tensor, min_seconds: float) -> float:
+    n, t0 = 0, time.perf_counter()
+    while n < 2 or time.perf_counter() - t0 < min_seconds:
+        fn(x)
+        n += 1
+    return n * len(x) / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", help="trained MNIST run or file (for the mnist row and its accuracy)")
+    ap.add_argument("--data", default="mnist:../shared/data/mnist", help="data spec of the accuracy check")
+    ap.add_argument("--models", default="mnist,s16", help="comma-separated: mnist, ti16, s16, b16")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per variant per round")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/int8.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    tmp = Path(tempfile.mkdtemp())
+    rows = []
+    for key in args.models.split(","):
+        src = checkpoint_for(key, args.checkpoint, tmp)
+        export_onnx(src, tmp / f"{key}.onnx")
+        q = export_int8(src, tmp / f"{key}.int8.onnx")
+        model, _ = load_checkpoint(src)
+        model = inference_model(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.ao's deprecation notice
+            torch_int8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        variants = {"torch_fp32": model, "onnx_fp32": OnnxModel(tmp / f"{key}.onnx", args.threads),
+                    "onnx_int8": OnnxModel(tmp / f"{key}.int8.onnx", args.threads), "torch_dynamic_int8": torch_int8}
+        x = torch.randn(args.batch, model.cfg.in_chans, *model.cfg.img_size)
+        per_round = []
+        with torch.inference_mode():
+            for v in variants.values():
+                v(x)
+            for r in range(args.rounds):
+                names = list(variants)
+                order = names[r % len(names):] + names[:r % len(names)]
+                per_round.append({n: images_per_second(variants[n], x, args.min_seconds) for n in order})
+                print(f"{key} round {r + 1}: " + ", ".join(f"{n} {per_round[-1][n]:.1f} img/s" for n in names),
+                      file=sys.stderr, flush=True)
+        row = {"model": key, "batch": args.batch, "int8_top1_agreement_random_input": q["top1_agreement"]}
+        for n in variants:
+            ratios = [p[n] / p["torch_fp32"] for p in per_round]
+            row[n] = {"img_s_median": statistics.median(p[n] for p in per_round),
+                      "speedup_median": statistics.median(ratios), "speedup_min": min(ratios),
+                      "speedup_max": max(ratios)}
+        if key == "mnist":
+            fp32 = evaluate_checkpoint(src, args.data)["top1"]
+            int8 = evaluate_checkpoint(tmp / f"{key}.int8.onnx", args.data)["top1"]
+            row.update(test_acc_fp32=fp32, test_acc_int8=int8, loss_points=100 * (fp32 - int8))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rows": rows}, indent=2))
+    print("| model | torch fp32 img/s | onnx fp32 | onnx int8 (vitkit) | torch dynamic int8 | test acc fp32 -> int8 |")
+    print("|---|---:|---:|---:|---:|---|")
+    for r in rows:
+        acc = (f"{100 * r['test_acc_fp32']:.2f}% -> {100 * r['test_acc_int8']:.2f}%" if "test_acc_fp32" in r else "")
+        cells = [f"{r[n]['speedup_median']:.2f}x ({r[n]['speedup_min']:.2f}-{r[n]['speedup_max']:.2f})"
+                 for n in ("onnx_fp32", "onnx_int8", "torch_dynamic_int8")]
+        print(f"| {r['model']} | {r['torch_fp32']['img_s_median']:.0f} | " + " | ".join(cells) + f" | {acc} |")
+
+
+if __name__ == "__main__":
+    main()
