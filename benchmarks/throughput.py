@@ -7,8 +7,9 @@ forward + backward + AdamW step) the implementations are timed in turn, in a rot
 several rounds; every round also times an fp32 2048^3 matrix multiply. This CPU's speed drifts by
 +-30% within minutes, so only ratios within a round are trusted: the table gives the median per-round
 ratio to the fastest peer (and its range) and the efficiency, model GFLOP/s / the round's matmul
-GFLOP/s. Peak memory is measured afterwards, one subprocess per cell (growth of the peak resident
-set over one iteration, after the model and input exist).
+GFLOP/s. Peak memory is measured afterwards, one subprocess per cell: the growth of the peak resident
+set (VmHWM) over one iteration, after the model and input exist (activations, gradients, optimizer
+state, workspace).
 
 vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`), and, for
 inference, also compiled with frozen weights (`vitkit_compiled`, the `--compile` option; compilation
@@ -163,13 +164,13 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
 
 
 def time_cell(cell: Cell, min_seconds: float) -> float:
-    """Images per second over at least `min_seconds` (and at least two iterations)."""
+    """Images per second over at least `min_seconds` (one iteration if it alone takes that long)."""
     n, t0 = 0, time.perf_counter()
     while True:
         cell.step()
         n += 1
         elapsed = time.perf_counter() - t0
-        if n >= 2 and elapsed >= min_seconds:
+        if elapsed >= min_seconds:
             return n * cell.batch / elapsed
 
 
@@ -189,13 +190,20 @@ def peak_memory_mb(impl: str, name: str, mode: str, threads: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
+def _high_water_kib() -> int:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+    from the parent across exec, so a child of a large benchmark process would never see it grow."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
 def memory_probe(impl: str, name: str, mode: str) -> None:
     cell = make_cell(impl, name, mode)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _high_water_kib()
     cell.step()
-    cell.step()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print((after - before) / 1024)  # ru_maxrss is in KiB on Linux
+    print((_high_water_kib() - before) / 1024)
 
 
 # --- the benchmark --------------------------------------------------------------------------------
@@ -257,21 +265,29 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads for every implementation")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     ap.add_argument("--out", default="benchmarks/results/throughput.json", help="JSON output (a .md is written beside)")
+    ap.add_argument("--memory-only", metavar="JSON", help="only measure peak memory for the rows of an earlier "
+                    "result file (timings kept)")
     ap.add_argument("--memory-probe", nargs=3, metavar=("IMPL", "MODEL", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_probe:
         memory_probe(*args.memory_probe)
         return
-    impls = list(available(args.impls.split(",")))
-    models, modes = args.models.split(","), args.modes.split(",")
-    rows = run(models, impls, modes, args.rounds, args.min_seconds)
+    if args.memory_only:  # fill in (or redo) the memory column of an earlier result
+        result = json.loads(Path(args.memory_only).read_text())
+        rows = result["rows"]
+    else:
+        impls = list(available(args.impls.split(",")))
+        models, modes = args.models.split(","), args.modes.split(",")
+        rows = run(models, impls, modes, args.rounds, args.min_seconds)
     if not args.no_memory:
         for r in rows:
             if r["impl"] != "vitkit_compiled":  # its peak would be the compiler's
                 r["peak_mb"] = peak_memory_mb(r["impl"], r["model"], r["mode"], args.threads)
-    result = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "torch": torch.__version__,
-              "cpu_count": os.cpu_count(), "rounds": args.rounds, "command": " ".join(sys.argv), "rows": rows}
+    if not args.memory_only:
+        result = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "torch": torch.__version__,
+                  "cpu_count": os.cpu_count(), "rounds": args.rounds, "command": " ".join(sys.argv)}
+    result["rows"] = rows
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
