@@ -121,7 +121,7 @@ class Trainer:
         self.best_acc, self.best_loss, self.best_step = -1.0, float("inf"), 0
         self.skipped: set[str] = set()
         self.nonfinite_skipped = 0
-        self.running = {"loss": 0.0, "correct": 0, "seen": 0}
+        self.running = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
         if self.resume:
             if self.dist.is_main:
                 remove_stale_temporaries(self.ckpt_dir)
@@ -243,16 +243,17 @@ class Trainer:
         self.dist.barrier()
 
     # --- one optimisation step -------------------------------------------------------------------------
-    def _forward_backward(self, batch: dict, sync: bool) -> tuple[str, float, int, int]:
+    def _forward_backward(self, batch: dict, sync: bool) -> tuple[str, float, int, int, int]:
         """Forward; then every process agrees whether to go on ("ok"), skip the batch ("empty": some
         process had no readable image) or stop ("nonfinite"), so none waits on a backward the others skip.
         `sync=False` (an accumulation micro-batch) keeps DDP from all-reducing gradients yet."""
         cfg = self.cfg
-        loss, correct, n, loss_t = float("nan"), 0, 0, None
+        loss, correct, n, images, loss_t = float("nan"), 0, 0, 0, None
         no_sync = getattr(self.net, "no_sync", None)
         with contextlib.nullcontext() if sync or no_sync is None else no_sync():
             if batch["x"] is not None:
                 x, y = batch["x"].to(self.device), batch["y"].to(self.device)
+                images = len(y)
                 g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7 + self.batch_in_epoch)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     if self.mpp:  # correct/n count corrupted patches whose colour was predicted
@@ -272,7 +273,7 @@ class Trainer:
             if verdict == "ok":
                 scaled = loss_t / cfg.optim.accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
-        return verdict, loss, correct, n
+        return verdict, loss, correct, n, images
 
     def _optimizer_step(self) -> float:
         lr = lr_at(self.step, self.total_steps, self.warmup, self.cfg.optim)
@@ -387,7 +388,7 @@ class Trainer:
                 self.skipped |= new
                 warn_skipped(sorted(new))
             last_batch = self.batch_in_epoch == self.batches_per_epoch
-            verdict, loss, correct, n = self._forward_backward(batch, sync=micro + 1 == accum or last_batch)
+            verdict, loss, correct, n, images = self._forward_backward(batch, sync=micro + 1 == accum or last_batch)
             if verdict == "nonfinite":
                 self._nonfinite(f"loss became {loss if not math.isfinite(loss) else 'non-finite in another process'}")
                 self.optimizer.zero_grad(set_to_none=True)
@@ -398,7 +399,8 @@ class Trainer:
                 self.running["loss"] += loss * n
                 self.running["correct"] += correct
                 self.running["seen"] += n
-                imgs_since_log += n
+                self.running["images"] = self.running.get("images", 0) + images
+                imgs_since_log += images
                 micro += 1
             if micro == accum or (last_batch and micro):
                 lr = self._optimizer_step()
@@ -461,18 +463,19 @@ class Trainer:
     def _end_epoch(self, log: MetricsLog, elapsed: float, wait: float) -> None:
         t = self.cfg.train
         ev = self._evaluate(self.data.val, self.eval_model())
-        loss_sum, correct, seen = self.dist.sum([self.running["loss"], self.running["correct"], self.running["seen"]])
+        loss_sum, correct, seen, images = self.dist.sum([self.running["loss"], self.running["correct"],
+                                                         self.running["seen"], self.running.get("images", 0)])
         rec = {"kind": "epoch", "step": self.step, "epoch": self.epoch + 1,
                "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
                "val_loss": ev.loss, "val_acc": ev.top1, "val_top5": ev.top5,
-               "lr": self.optimizer.param_groups[0]["lr"], "img_s": seen / max(elapsed, 1e-9),
+               "lr": self.optimizer.param_groups[0]["lr"], "img_s": (images or seen) / max(elapsed, 1e-9),
                "data_wait_frac": wait / max(elapsed, 1e-9), "epoch_time_s": elapsed}
         log.write(rec)
         self._say(f"epoch {self.epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}"
                   f" | val loss {ev.loss:.4f} acc {ev.top1:.4f} | {rec['img_s']:.0f} img/s, {elapsed:.1f}s")
         self.epoch += 1
         self.batch_in_epoch = 0
-        self.running = {"loss": 0.0, "correct": 0, "seen": 0}
+        self.running = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
         improved = (ev.top1, -ev.loss) > (self.best_acc, -self.best_loss)  # ties go to the lower val loss
         if improved:
             self.best_acc, self.best_loss, self.best_step = ev.top1, ev.loss, self.step
