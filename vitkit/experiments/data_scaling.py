@@ -120,7 +120,7 @@ def plot(result: dict, path: Path) -> None:
     ax.set_xscale("log")
     ax.set_xlabel("labelled training images")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{result['data']}: same recipe, {result['images_seen']:,} images seen per run")
+    ax.set_title(f"{result['data']}\nsame recipe, {result['images_seen']:,} images seen per run", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
