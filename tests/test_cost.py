@@ -12,7 +12,10 @@ from vitkit.models import create_model
 
 @pytest.mark.parametrize("name,kw,size", [("vit_tiny_patch16_224", {}, 64), ("vit_tiny_patch16_224", {}, 96),
                                           ("vit_small_patch32_224", {"global_pool": "avg"}, 128),
-                                          ("vit_digits_patch4_8", {"representation_size": 24, "num_classes": 7}, 16)])
+                                          ("vit_digits_patch4_8", {"representation_size": 24, "num_classes": 7}, 16),
+                                          ("vit_mnist_r_28", {}, 28), ("vit_mnist_r_28", {}, 30),
+                                          ("vit_mnist_r_28", {"resnet_layers": (1, 2), "resnet_stem_pool": False}, 28),
+                                          ("vit_base_r50_s16_224", {"depth": 1}, 64)])
 def test_flops_match_an_independent_count(name, kw, size):
     model = create_model(name, img_size=size, **kw).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -36,8 +39,8 @@ def test_cost_command_writes_table_json_and_plot(tmp_path, capsys):
     assert (tmp_path / "cost.png").stat().st_size > 0 and (tmp_path / "cost.json").exists()
     assert main(["cost", "--model", "vit_tiny_patch16_224", "--img-size", "100"]) == 2
     assert main(["cost", "--model", "resnet_bit_mnist", "--img-size", "28"]) == 2
-    with pytest.raises(VitkitError, match="hybrid"):
-        vit_cost(create_model("vit_mnist_r_28").cfg)
+    with pytest.raises(VitkitError, match="feature map, which is not a multiple of patch_size 2"):
+        vit_cost(create_model("vit_mnist_r_28", patch_size=2).cfg, 28)
 
 
 def test_activation_memory_is_measured_per_token():

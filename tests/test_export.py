@@ -36,3 +36,43 @@ def test_export_command(tmp_path, capsys):
     import onnx
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops  # the matrix multiplies run in int8
+
+
+@pytest.mark.parametrize("kw", [{}, {"qkv_bias": False, "global_pool": "avg"}])
+def test_fused_attention_graph_computes_the_models_attention(tmp_path, kw):
+    """The int8 file's attention is onnxruntime's `Attention` op fed our fused qkv weights: in fp32 it must
+    give PyTorch's logits (weight layout, head split and scaling all match)."""
+    import onnx
+
+    from vitkit.export import _onnxruntime_attention, _write_onnx
+    torch.manual_seed(0)
+    model = create_model("vit_digits_patch4_8", img_size=16, **kw).eval()
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    with _onnxruntime_attention(model):
+        _write_onnx(model, {}, str(tmp_path / "f.onnx"), 17)
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "f.onnx")).graph.node]
+    assert ops.count("Attention") == model.cfg.depth and "Softmax" not in ops
+    assert onnx_max_abs_diff(model, tmp_path / "f.onnx", torch.randn(5, 1, 16, 16)) <= 1e-4
+    x = torch.randn(2, 1, 16, 16)
+    assert torch.equal(model(x), model(x))  # the patch is undone: the model is the plain module again
+    assert "forward" not in vars(model.blocks[0].attn)
+
+
+def test_int8_fusion_levels_are_as_accurate_as_plain_int8(tmp_path):
+    import onnx
+
+    from vitkit.export import export_int8
+    torch.manual_seed(0)
+    model = create_model("vit_digits_patch4_8", img_size=16)
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model))
+    diffs = {}
+    for fuse, expect in (("none", {"MatMulInteger"}), ("attention", {"QAttention"}),
+                         ("all", {"QAttention", "SkipLayerNormalization"})):
+        r = export_int8(tmp_path / "w.safetensors", tmp_path / f"{fuse}.onnx", fuse=fuse)
+        assert expect <= {n.op_type for n in onnx.load(str(tmp_path / f"{fuse}.onnx")).graph.node}
+        diffs[fuse] = r["max_abs_diff"]
+    assert diffs["attention"] <= 1.5 * diffs["none"] + 1e-3 and diffs["all"] <= 1.5 * diffs["none"] + 1e-3
+    with pytest.raises(Exception, match="fuse='fast'"):
+        export_int8(tmp_path / "w.safetensors", tmp_path / "bad.onnx", fuse="fast")
+    assert not (tmp_path / "bad.onnx").exists()

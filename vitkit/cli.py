@@ -238,8 +238,11 @@ def _cost(args: argparse.Namespace) -> None:
 def _export(args: argparse.Namespace) -> None:
     from .export import export_int8, export_onnx
 
-    write = export_onnx if args.format == "onnx" else export_int8
-    r = write(args.checkpoint, args.out, args.opset, check=not args.no_check)
+    check = not args.no_check
+    if args.format == "onnx":
+        r = export_onnx(args.checkpoint, args.out, args.opset, check=check)
+    else:
+        r = export_int8(args.checkpoint, args.out, args.opset, check=check, fuse=args.fuse)
     diff = f"; onnxruntime vs PyTorch max |diff| {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
     if "top1_agreement" in r:
         diff += f", top-1 agreement {100 * r['top1_agreement']:.1f}% on random input"
@@ -422,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--fuse", default="all", choices=["none", "attention", "all"],
+                   help="int8 only: all (default, fastest here) = onnxruntime's fused attention, residual + "
+                        "LayerNorm and bias + GELU kernels; attention = fused attention only; none = plain "
+                        "ONNX operators")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("data", help="data tools: pack a dataset into WebDataset tar shards",

@@ -34,17 +34,50 @@ class Cost:
     activation_mb: float | None = None  # measured: what autograd keeps for the backward pass of one image
 
 
+def resnet_features_flops(layers: tuple[int, ...], in_chans: int, width: int, stem_pool: bool,
+                          size: tuple[int, int]) -> tuple[int, tuple[int, int], int]:
+    """Convolution FLOPs of the BiT ResNet body (`models/resnet.py`) on one image, its output map size and
+    channels ("SAME" convolutions and pools output ceil(size / stride))."""
+    def down(hw: tuple[int, int], stride: int) -> tuple[int, int]:
+        return -(-hw[0] // stride), -(-hw[1] // stride)
+
+    def conv(hw: tuple[int, int], cin: int, cout: int, k: int) -> int:
+        return 2 * hw[0] * hw[1] * cout * cin * k * k
+
+    hw = down(size, 2)
+    flops = conv(hw, in_chans, width, 7)
+    if stem_pool:
+        hw = down(hw, 2)
+    chans = width
+    for i, depth in enumerate(layers):
+        w = width * 2 ** i
+        for j in range(depth):
+            stride = 2 if i > 0 and j == 0 else 1
+            out = down(hw, stride)
+            flops += conv(hw, chans, w, 1) + conv(out, w, w, 3) + conv(out, w, 4 * w, 1)
+            if chans != 4 * w or stride != 1:
+                flops += conv(out, chans, 4 * w, 1)  # projection shortcut
+            hw, chans = out, 4 * w
+    return flops, hw, chans
+
+
 def vit_cost(cfg: ViTConfig, img_size: int | None = None) -> Cost:
-    """Forward cost of one image through `cfg` at `img_size` (default: the config's)."""
-    if cfg.resnet_layers is not None:
-        raise VitkitError("cost: hybrid models are not supported yet (their ResNet stem has no closed form here)")
+    """Forward cost of one image through `cfg` at `img_size` (default: the config's). For a hybrid the
+    embedding part is the ResNet body plus the projection of its feature-map patches."""
     size = img_size or cfg.img_size[0]
-    if size % cfg.patch_size:
-        raise VitkitError(f"cost: img_size {size} is not a multiple of patch_size {cfg.patch_size}")
-    n = (size // cfg.patch_size) ** 2
-    t = n + cfg.num_prefix_tokens
     d, m, h, layers = cfg.embed_dim, cfg.mlp_dim, cfg.num_heads, cfg.depth
-    embed = 2 * n * cfg.in_chans * cfg.patch_size ** 2 * d
+    p = cfg.patch_size
+    if cfg.resnet_layers is not None:
+        embed, (fh, fw), in_chans = resnet_features_flops(cfg.resnet_layers, cfg.in_chans, cfg.resnet_width,
+                                                          cfg.resnet_stem_pool, (size, size))
+        where = f"img_size {size} gives a {fh}x{fw} feature map, which"
+    else:
+        embed, (fh, fw), where, in_chans = 0, (size, size), f"img_size {size}", cfg.in_chans
+    if fh % p or fw % p:
+        raise VitkitError(f"cost: {where} is not a multiple of patch_size {p}")
+    n = (fh // p) * (fw // p)
+    t = n + cfg.num_prefix_tokens
+    embed += 2 * n * in_chans * p ** 2 * d
     attn_matrix = layers * 2 * (2 * t * t * d)            # Q K^T and A V, all heads together
     attn = layers * (2 * t * d * 3 * d + 2 * t * d * d) + attn_matrix
     mlp = layers * 2 * (2 * t * d * m)

@@ -7,10 +7,14 @@ metadata, so `vitkit eval` and `vitkit predict` run them like any checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import tempfile
+import types
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,7 @@ from .checkpoint import META_KEY, atomic_write, load_checkpoint
 from .errors import VitkitError
 
 FORMATS = ("onnx", "int8")
+FUSIONS = ("none", "attention", "all")  # int8 graphs: plain ops / fused attention / + fused LayerNorm and GELU
 
 
 def _onnxruntime():
@@ -46,6 +51,42 @@ def _write_onnx(model: nn.Module, meta: dict[str, Any], path: str, opset: int) -
     onnx.save(proto, path)
 
 
+class _FusedAttention(torch.autograd.Function):
+    """softmax(q k^T / sqrt(D_h)) v from the fused qkv projection, exported as onnxruntime's `Attention`
+    operator (its int8 form, `QAttention`, quantises the qkv weights and runs the heads in one kernel)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, num_heads: int) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = (x @ weight + bias).view(b, t, 3, num_heads, d // num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, t, d)
+
+    @staticmethod
+    def symbolic(g, x, weight, bias, num_heads: int):  # noqa: ANN001 - the exporter's graph values
+        out = g.op("com.microsoft::Attention", x, weight, bias, num_heads_i=num_heads)
+        out.setType(x.type())  # same shape and dtype as the input: lets the exporter's shape inference go on
+        return out
+
+
+@contextlib.contextmanager
+def _onnxruntime_attention(model: nn.Module) -> Iterator[None]:
+    """While exporting, every self-attention without a relative-position bias becomes one `Attention` node."""
+    from .models.vit import Attention
+
+    def forward(self: Attention, x: torch.Tensor, grid: tuple[int, int], return_attn: bool = False):
+        bias = self.qkv.bias if self.qkv.bias is not None else x.new_zeros(self.qkv.out_features)
+        return self.proj(_FusedAttention.apply(x, self.qkv.weight.t(), bias, self.num_heads)), None
+
+    patched = [m for m in model.modules() if isinstance(m, Attention) and m.rel_pos is None]
+    for m in patched:
+        m.forward = types.MethodType(forward, m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
 def _load_source(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     if str(checkpoint).endswith(".onnx"):
         raise VitkitError(f"{checkpoint} is already an exported file; export from the checkpoint it came from")
@@ -66,24 +107,39 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
     return result
 
 
-def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 17, check: bool = True) -> dict:
+def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 17, check: bool = True,
+                fuse: str = "all") -> dict:
     """Write `out` (.onnx) with int8 weights for every matrix multiply (per output channel) and int8
     activations quantised on the fly; normalisation, softmax and the patch convolution stay fp32.
-    The check reports the largest logit difference and top-1 agreement with PyTorch on random input."""
+    `fuse` ("attention" or "all") makes each self-attention onnxruntime's fused `QAttention`; "all" also
+    fuses residual + LayerNorm and bias + GELU (benchmarks/int8.py compares the three). The check reports
+    the largest logit difference and top-1 agreement with PyTorch on random input."""
+    if fuse not in FUSIONS:
+        raise VitkitError(f"int8 fuse={fuse!r}: choose one of {', '.join(FUSIONS)}")
     ort = _onnxruntime()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model, meta = _load_source(checkpoint)
     out = Path(out)
-    meta = {**meta, "quantization": "dynamic int8 (onnxruntime), per-channel weights"}
+    meta = {**meta, "quantization": f"dynamic int8 (onnxruntime), per-channel weights, fuse={fuse}"}
 
     def write(tmp: str) -> None:
         with tempfile.TemporaryDirectory() as d:
             fp32 = os.path.join(d, "fp32.onnx")
-            _write_onnx(model, meta, fp32, opset)
-            quantize_dynamic(fp32, tmp, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"],
-                             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            with _onnxruntime_attention(model) if fuse != "none" else contextlib.nullcontext():
+                _write_onnx(model, meta, fp32, opset)
+            if fuse == "all":
+                _fuse_layer_norm_and_gelu(fp32, model.cfg)
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # quiets its advice to pre-process the graph
+            try:
+                quantize_dynamic(fp32, tmp, weight_type=QuantType.QInt8, per_channel=True,
+                                 op_types_to_quantize=["MatMul", "Attention"],
+                                 extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            finally:
+                root.setLevel(level)
         proto = onnx.load(tmp)
         if not any(p.key == META_KEY for p in proto.metadata_props):
             entry = proto.metadata_props.add()
@@ -101,6 +157,15 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
         result["max_abs_diff"] = float((got - want).abs().max())
         result["top1_agreement"] = float((got.argmax(-1) == want.argmax(-1)).float().mean())
     return result
+
+
+def _fuse_layer_norm_and_gelu(path: str, cfg: Any) -> None:
+    """onnxruntime's transformer graph fusions (SkipLayerNormalization, BiasGelu), in place."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.WARNING)
+    optimize_model(path, model_type="vit", num_heads=cfg.num_heads, hidden_size=cfg.embed_dim,
+                   opt_level=0).save_model_to_file(path)
 
 
 def _probe(model: nn.Module, batch: int = 3) -> torch.Tensor:
