@@ -58,7 +58,7 @@ def test_fused_attention_graph_computes_the_models_attention(tmp_path, kw):
     assert "forward" not in vars(model.blocks[0].attn)
 
 
-def test_int8_fusion_levels_are_as_accurate_as_plain_int8(tmp_path):
+def test_int8_fused_attention_is_as_accurate_as_plain_int8(tmp_path):
     import onnx
 
     from vitkit.export import export_int8
@@ -67,12 +67,11 @@ def test_int8_fusion_levels_are_as_accurate_as_plain_int8(tmp_path):
     torch.nn.init.normal_(model.head.weight, std=0.5)
     save_weights(tmp_path / "w.safetensors", model, model_meta(model))
     diffs = {}
-    for fuse, expect in (("none", {"MatMulInteger"}), ("attention", {"QAttention"}),
-                         ("all", {"QAttention", "SkipLayerNormalization"})):
+    for fuse, expect in (("none", {"MatMulInteger"}), ("attention", {"QAttention"})):
         r = export_int8(tmp_path / "w.safetensors", tmp_path / f"{fuse}.onnx", fuse=fuse)
         assert expect <= {n.op_type for n in onnx.load(str(tmp_path / f"{fuse}.onnx")).graph.node}
         diffs[fuse] = r["max_abs_diff"]
-    assert diffs["attention"] <= 1.5 * diffs["none"] + 1e-3 and diffs["all"] <= 1.5 * diffs["none"] + 1e-3
+    assert diffs["attention"] <= 1.5 * diffs["none"] + 1e-3
     with pytest.raises(Exception, match="fuse='fast'"):
         export_int8(tmp_path / "w.safetensors", tmp_path / "bad.onnx", fuse="fast")
     assert not (tmp_path / "bad.onnx").exists()

@@ -425,10 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    p.add_argument("--fuse", default="all", choices=["none", "attention", "all"],
-                   help="int8 only: all (default, fastest here) = onnxruntime's fused attention, residual + "
-                        "LayerNorm and bias + GELU kernels; attention = fused attention only; none = plain "
-                        "ONNX operators")
+    p.add_argument("--fuse", default="attention", choices=["attention", "none"],
+                   help="int8 only: attention (default, faster here) = onnxruntime's fused int8 attention "
+                        "kernel (QAttention); none = plain ONNX operators")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("data", help="data tools: pack a dataset into WebDataset tar shards",
