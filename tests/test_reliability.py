@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from helpers import make_hostile_corpus, make_image_folder
 from vitkit import VitkitError
-from vitkit.checkpoint import load_checkpoint, load_state
+from vitkit.checkpoint import load_checkpoint, load_state, model_meta, save_weights
 from vitkit.cli import build_parser, main
 from vitkit.config import build_config, parse_override
 from vitkit.data.images import read_image
@@ -118,7 +118,6 @@ atomic_write(pathlib.Path(sys.argv[1]), write)
 
 def test_kill_9_inside_a_checkpoint_write_keeps_the_previous_file(tmp_path):
     model = create_model("vit_digits_patch4_8")
-    from vitkit.checkpoint import model_meta, save_weights
     target, ready = tmp_path / "checkpoints" / "last.safetensors", tmp_path / "ready"
     save_weights(target, model, model_meta(model))
     before = target.read_bytes()
@@ -240,7 +239,6 @@ def test_truncated_safetensors_is_a_clear_error(run, tmp_path):
 def test_wrong_dtype_and_nan_weights(tmp_path):
     from safetensors import safe_open
 
-    from vitkit.checkpoint import model_meta, save_weights
 
     model = create_model("vit_digits_patch4_8", num_classes=10)
     save_weights(tmp_path / "good.safetensors", model, model_meta(model))
