@@ -11,9 +11,10 @@ GFLOP/s. Peak memory is measured afterwards, one subprocess per cell: the growth
 set (VmHWM) over one iteration, after the model and input exist (activations, gradients, optimizer
 state, workspace).
 
-vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`), and, for
-inference, also compiled with frozen weights (`vitkit_compiled`, the `--compile` option; compilation
-happens in the warm-up, outside the timing).
+vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`) and trains as
+`vitkit train` does (with `train.batch_split=auto`: the batch's slices in parallel threads where that
+pays, `vitkit.models.batch_split`), and, for inference, also compiled with frozen weights
+(`vitkit_compiled`, the `--compile` option; compilation happens in the warm-up, outside the timing).
 
 Peers: Hugging Face transformers' ViT (SDPA and eager attention), vit-pytorch (its `vit` module is
 loaded on its own: the package's __init__ imports torchvision, which does not load beside this
@@ -41,6 +42,7 @@ from torch import nn
 
 from vitkit.cost import vit_cost
 from vitkit.models import model_config
+from vitkit.models.batch_split import default_parts, split_backward, split_pays
 
 MODELS = {"mnist": "vit_mnist_patch7_28", "ti16": "vit_tiny_patch16_224", "s16": "vit_small_patch16_224",
           "b16": "vit_base_patch16_224"}
@@ -155,6 +157,18 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     loss_fn = nn.CrossEntropyLoss()
+    if impl.startswith("vitkit") and split_pays(model):  # the trainer's step (train.batch_split=auto)
+        params = [p for p in model.parameters() if p.requires_grad]
+
+        def forward(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            logits = model(xs)
+            return logits, loss_fn(logits, ys)
+
+        def step() -> None:
+            opt.zero_grad(set_to_none=True)
+            split_backward(forward, params, x, y, default_parts())
+            opt.step()
+        return Cell(step, batch)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)

@@ -25,6 +25,20 @@ def test_onnx_matches_pytorch_at_any_batch(tmp_path, kw):
         assert onnx_max_abs_diff(model, tmp_path / "m.onnx", torch.randn(batch, 1, 16, 16)) <= 1e-4
 
 
+def test_onnx_model_splits_a_batch_over_threads_with_the_same_logits(tmp_path):
+    from vitkit.export import OnnxModel
+    torch.manual_seed(0)
+    model = create_model("vit_digits_patch4_8", img_size=16)
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model))
+    export_onnx(tmp_path / "w.safetensors", tmp_path / "m.onnx")
+    split, whole = OnnxModel(tmp_path / "m.onnx", threads=2), OnnxModel(tmp_path / "m.onnx", threads=2, split=False)
+    assert (split.parts, whole.parts) == (2, 1)
+    x = torch.randn(7, 1, 16, 16)
+    assert torch.allclose(split(x), whole(x), atol=1e-5)
+    assert split(x[:1]).shape == (1, model.num_classes)
+
+
 def test_export_command(tmp_path, capsys):
     model = create_model("vit_digits_patch4_8")
     save_weights(tmp_path / "w.safetensors", model, model_meta(model))

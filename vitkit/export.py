@@ -23,6 +23,7 @@ from torch import nn
 
 from .checkpoint import META_KEY, atomic_write, load_checkpoint
 from .errors import VitkitError
+from .models.batch_split import map_slices, split_rows
 
 FORMATS = ("onnx", "int8")
 FUSIONS = ("attention", "none")  # int8 graphs: onnxruntime's fused attention kernel / plain ONNX operators
@@ -176,11 +177,15 @@ def onnx_max_abs_diff(model: nn.Module, path: Path, x: torch.Tensor) -> float:
 class OnnxModel(nn.Module):
     """An exported file run by onnxruntime behind the nn.Module interface eval/predict use."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, split: bool = True):
+        """`split`: with 2+ threads, run a batch's slices concurrently, one intra-op thread each (as
+        `batch_split.SplitBatch` does for PyTorch models) instead of one run on all threads."""
         super().__init__()
         ort = _onnxruntime()
+        threads = threads or torch.get_num_threads()
+        self.parts = threads if split else 1
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = 1 if self.parts > 1 else threads
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
@@ -195,7 +200,12 @@ class OnnxModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().float().cpu().contiguous()
-        return torch.from_numpy(self.session.run(None, {"images": x.numpy()})[0])
+        if self.parts > 1 and len(x) > 1:
+            return torch.cat(map_slices(self._run, split_rows(x, self.parts)))
+        return self._run(x)
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.session.run(None, {"images": x.contiguous().numpy()})[0])
 
 
 def load_onnx(path: str | Path) -> tuple[OnnxModel, dict[str, Any]]:
