@@ -2,14 +2,15 @@
 
     python benchmarks/int8.py --checkpoint RUN_DIR --data mnist:../shared/data/mnist --models mnist,s16
 
-For each model: PyTorch fp32 as `vitkit eval` runs it (`inference_model`: the batch's slices in parallel
-threads where that pays) and on the whole batch, onnxruntime fp32 (`vitkit export --format onnx`),
-onnxruntime int8 (`vitkit export --format int8`: fused attention, run batch-split like the PyTorch
-path; also on the whole batch, and exported with `--fuse none`) and, for reference, PyTorch's own
-dynamic int8 (`torch.ao.quantization.quantize_dynamic` of the linear layers, the path the peers
-document), at batch 32, timed in turn for several rounds; the table gives the median per-round
-speed-up over vitkit's fp32 path and its range. `mnist` uses the trained checkpoint (and its test
-accuracy, fp32 against int8, over the whole test set); the 224-px models use random weights (speed only).
+For each model: PyTorch fp32 as `vitkit eval` runs it (`inference_model`, allocator tuned as every
+`vitkit` command does), onnxruntime fp32 (`vitkit export --format onnx`), onnxruntime int8 (`vitkit
+export --format int8`: fused attention; run as `vitkit eval` runs it, slices of the batch on
+concurrent one-thread sessions, and also as one run on all threads; and exported with `--fuse none`)
+and, for reference, PyTorch's own dynamic int8 (`torch.ao.quantization.quantize_dynamic` of the
+linear layers, the path the peers document), at batch 32, timed in turn for several rounds; the table
+gives the median per-round speed-up over vitkit's fp32 path and its range. `mnist` uses the trained
+checkpoint (and its test accuracy, fp32 against int8, over the whole test set); the 224-px models
+use random weights (speed only).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from vitkit.evaluate import evaluate_checkpoint
 from vitkit.export import OnnxModel, export_int8, export_onnx
 from vitkit.models import create_model
 from vitkit.models.inference import inference_model
+from vitkit.runtime import tune_allocator
 
 NAMES = {"s16": "vit_small_patch16_224", "b16": "vit_base_patch16_224", "ti16": "vit_tiny_patch16_224"}
 
@@ -71,6 +73,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/int8.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    tune_allocator()  # as every `vitkit` command does
     tmp = Path(tempfile.mkdtemp())
     rows = []
     for key in args.models.split(","):
@@ -78,13 +81,12 @@ def main() -> None:
         export_onnx(src, tmp / f"{key}.onnx")
         q = export_int8(src, tmp / f"{key}.int8.onnx")   # the default: fused attention
         export_int8(src, tmp / f"{key}.int8-none.onnx", fuse="none")
-        base, _ = load_checkpoint(src)
-        model = inference_model(base)                 # what `vitkit eval` runs: batch split where it pays
-        whole = inference_model(base, split=False)
+        model, _ = load_checkpoint(src)
+        model = inference_model(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notice
-            torch_int8 = torch.ao.quantization.quantize_dynamic(whole, {torch.nn.Linear}, dtype=torch.qint8)
-        variants = {"torch_fp32": model, "torch_fp32_whole": whole,
+            torch_int8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        variants = {"torch_fp32": model,
                     "onnx_fp32": OnnxModel(tmp / f"{key}.onnx", args.threads),
                     "onnx_int8": OnnxModel(tmp / f"{key}.int8.onnx", args.threads),
                     "onnx_int8_whole": OnnxModel(tmp / f"{key}.int8.onnx", args.threads, split=False),
@@ -116,11 +118,10 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rows": rows}, indent=2))
-    compared = ("torch_fp32_whole", "onnx_fp32", "onnx_int8", "onnx_int8_whole", "onnx_int8_unfused",
-                "torch_dynamic_int8")
-    print("| model | vitkit fp32 img/s | fp32, whole batch | onnx fp32 | onnx int8 (vitkit: fused attention, "
-          "batch split) | int8, whole batch | int8, unfused | torch dynamic int8 | test acc fp32 -> int8 |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    compared = ("onnx_fp32", "onnx_int8", "onnx_int8_whole", "onnx_int8_unfused", "torch_dynamic_int8")
+    print("| model | vitkit fp32 img/s | onnx fp32 | onnx int8 (vitkit: fused attention, batch split) | "
+          "int8, whole batch | int8, unfused | torch dynamic int8 | test acc fp32 -> int8 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for r in rows:
         acc = (f"{100 * r['test_acc_fp32']:.2f}% -> {100 * r['test_acc_int8']:.2f}%" if "test_acc_fp32" in r else "")
         cells = [f"{r[n]['speedup_median']:.2f}x ({r[n]['speedup_min']:.2f}-{r[n]['speedup_max']:.2f})"

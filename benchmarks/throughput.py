@@ -11,10 +11,16 @@ GFLOP/s. Peak memory is measured afterwards, one subprocess per cell: the growth
 set (VmHWM) over one iteration, after the model and input exist (activations, gradients, optimizer
 state, workspace).
 
-vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`) and trains as
-`vitkit train` does (with `train.batch_split=auto`: the batch's slices in parallel threads where that
-pays, `vitkit.models.batch_split`), and, for inference, also compiled with frozen weights
-(`vitkit_compiled`, the `--compile` option; compilation happens in the warm-up, outside the timing).
+Allocator: glibc's malloc adapts its mmap threshold to what a process did before, which moves CPU
+speed by up to 1.2x (benchmarks/allocator.py); every `vitkit` command fixes it first
+(`vitkit.tune_allocator()`). In one process the setting applies to all implementations alike, so this
+process is tuned too (`--allocator default` to leave glibc's behaviour). `--processes` instead runs
+each implementation in its own process, as its library leaves one: vitkit tuned, the peers with
+glibc's defaults; still timed one at a time, round-robin.
+
+vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`), and, for
+inference, also compiled with frozen weights (`vitkit_compiled`, the `--compile` option; compilation
+happens in the warm-up, outside the timing).
 
 Peers: Hugging Face transformers' ViT (SDPA and eager attention), vit-pytorch (its `vit` module is
 loaded on its own: the package's __init__ imports torchvision, which does not load beside this
@@ -42,7 +48,6 @@ from torch import nn
 
 from vitkit.cost import vit_cost
 from vitkit.models import model_config
-from vitkit.models.batch_split import default_parts, split_backward, split_pays
 
 MODELS = {"mnist": "vit_mnist_patch7_28", "ti16": "vit_tiny_patch16_224", "s16": "vit_small_patch16_224",
           "b16": "vit_base_patch16_224"}
@@ -157,18 +162,6 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     loss_fn = nn.CrossEntropyLoss()
-    if impl.startswith("vitkit") and split_pays(model):  # the trainer's step (train.batch_split=auto)
-        params = [p for p in model.parameters() if p.requires_grad]
-
-        def forward(xs: torch.Tensor, ys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            logits = model(xs)
-            return logits, loss_fn(logits, ys)
-
-        def step() -> None:
-            opt.zero_grad(set_to_none=True)
-            split_backward(forward, params, x, y, default_parts())
-            opt.step()
-        return Cell(step, batch)
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
@@ -221,24 +214,74 @@ def memory_probe(impl: str, name: str, mode: str) -> None:
 
 
 # --- the benchmark --------------------------------------------------------------------------------
-def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_seconds: float) -> list[dict]:
+class InProcess:
+    """A cell timed in this process."""
+
+    def __init__(self, impl: str, name: str, mode: str, threads: int):
+        self.cell = make_cell(impl, name, mode)
+        self.cell.step()   # warm-up: first-call allocations, kernel selection
+
+    def time(self, seconds: float) -> float:
+        return time_cell(self.cell, seconds)
+
+    def close(self) -> None:
+        pass
+
+
+class OwnProcess:
+    """A cell in its own process, set up as its library leaves a process: vitkit's after
+    `tune_allocator()` (what every `vitkit` command does first), the peers' with glibc's defaults.
+    Timed on request, one process at a time, so the round-robin still never runs two at once."""
+
+    def __init__(self, impl: str, name: str, mode: str, threads: int):
+        cmd = [sys.executable, __file__, "--serve", impl, name, mode, "--threads", str(threads)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"{impl} {name} {mode}: the child process did not start")
+
+    def time(self, seconds: float) -> float:
+        self.proc.stdin.write(f"{seconds}\n")
+        self.proc.stdin.flush()
+        return float(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait()
+
+
+def serve(impl: str, name: str, mode: str) -> None:
+    """The child side of OwnProcess: build and warm the cell, then time it whenever asked."""
+    if impl.startswith("vitkit"):
+        from vitkit.runtime import tune_allocator
+        tune_allocator()
+    cell = make_cell(impl, name, mode)
+    cell.step()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        print(time_cell(cell, float(line)), flush=True)
+
+
+def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_seconds: float,
+        threads: int, processes: bool = False) -> list[dict]:
     rows = []
     for key in models:
         name = MODELS.get(key, key)
         gflop_fwd = vit_cost(model_config(name)).gflops_total
         for mode in modes:
             train, _ = MODES[mode]
+            if processes and train and name == MODELS["b16"] and len(impls) > 3:
+                print("skipping b16 training in --processes mode: each process holds 5-7 GB, more than three do "
+                      "not fit in 24 GB (run it alone with --impls of three)", file=sys.stderr)
+                continue
             gflop_img = gflop_fwd * (3 if train else 1)
-            cells = {i: make_cell(i, name, mode) for i in impls if not (train and i == "vitkit_compiled")}
-            for cell in cells.values():   # warm-up: first-call allocations, kernel selection
-                cell.step()
+            kind = OwnProcess if processes else InProcess
+            cells = {i: kind(i, name, mode, threads) for i in impls if not (train and i == "vitkit_compiled")}
             per_round = []
             for r in range(rounds):
                 mm = matmul_gflops()
                 names = list(cells)
                 order = names[r % len(names):] + names[:r % len(names)]
-                per_round.append({"matmul_gflops": mm,
-                                  **{i: time_cell(cells[i], min_seconds) for i in order}})
+                per_round.append({"matmul_gflops": mm, **{i: cells[i].time(min_seconds) for i in order}})
                 print(f"{key} {mode} round {r + 1}/{rounds}: matmul {mm:.0f} GFLOP/s, "
                       + ", ".join(f"{i} {per_round[-1][i]:.1f} img/s" for i in names), file=sys.stderr, flush=True)
             peers = [i for i in cells if not i.startswith("vitkit")]
@@ -252,6 +295,8 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
                     row.update(ratio_to_fastest_peer_median=statistics.median(ratios),
                                ratio_min=min(ratios), ratio_max=max(ratios))
                 rows.append(row)
+            for cell in cells.values():
+                cell.close()
     return rows
 
 
@@ -281,9 +326,22 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/throughput.json", help="JSON output (a .md is written beside)")
     ap.add_argument("--memory-only", metavar="JSON", help="only measure peak memory for the rows of an earlier "
                     "result file (timings kept)")
+    ap.add_argument("--processes", action="store_true",
+                    help="run each implementation in its own process, as its library leaves a process (vitkit "
+                    "with tune_allocator(), the peers with glibc's defaults), instead of all in this one "
+                    "(where this process's allocator settings apply to all alike)")
+    ap.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
+                    help="in-process mode: this process's malloc thresholds (tuned: vitkit.tune_allocator())")
     ap.add_argument("--memory-probe", nargs=3, metavar=("IMPL", "MODEL", "MODE"), help=argparse.SUPPRESS)
+    ap.add_argument("--serve", nargs=3, metavar=("IMPL", "MODEL", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.serve:
+        serve(*args.serve)
+        return
+    if args.allocator == "tuned" and not args.processes:
+        from vitkit.runtime import tune_allocator
+        tune_allocator()
     if args.memory_probe:
         memory_probe(*args.memory_probe)
         return
@@ -293,14 +351,15 @@ def main() -> None:
     else:
         impls = list(available(args.impls.split(",")))
         models, modes = args.models.split(","), args.modes.split(",")
-        rows = run(models, impls, modes, args.rounds, args.min_seconds)
+        rows = run(models, impls, modes, args.rounds, args.min_seconds, args.threads, args.processes)
     if not args.no_memory:
         for r in rows:
             if r["impl"] != "vitkit_compiled":  # its peak would be the compiler's
                 r["peak_mb"] = peak_memory_mb(r["impl"], r["model"], r["mode"], args.threads)
     if not args.memory_only:
         result = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "torch": torch.__version__,
-                  "cpu_count": os.cpu_count(), "rounds": args.rounds, "command": " ".join(sys.argv)}
+                  "cpu_count": os.cpu_count(), "rounds": args.rounds, "command": " ".join(sys.argv),
+                  "processes": args.processes, "allocator": "per library" if args.processes else args.allocator}
     result["rows"] = rows
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

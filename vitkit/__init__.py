@@ -3,10 +3,11 @@
 from .errors import VitkitError
 from .models import (ResNetConfig, ViTConfig, VisionTransformer, build_model, count_params, create_model,
                      list_models, model_config)
+from .runtime import tune_allocator
 
 __version__ = "0.1.0"
 __all__ = ["VitkitError", "ViTConfig", "ResNetConfig", "VisionTransformer", "create_model", "list_models",
-           "model_config", "build_model", "count_params", "__version__"]
+           "model_config", "build_model", "count_params", "tune_allocator", "__version__"]
 
 
 def load_model(source, **overrides):

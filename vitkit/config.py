@@ -73,7 +73,6 @@ class TrainConfig:
     deterministic: bool = False
     skip_nonfinite: bool = False     # skip a step with NaN/inf loss instead of stopping
     threads: int = 0                 # torch intra-op threads (0: torch's default)
-    batch_split: str = "auto"        # auto | on | off: run batch slices in parallel threads (models/batch_split.py)
     tensorboard: bool = True         # also log to TensorBoard when the package is installed
     init: str = ""                   # start from these weights (fine-tuning): any file vitkit.load_model reads
     keep_head: bool = False          # with init: keep the old head when the classes match (default: new zero head)
@@ -104,8 +103,7 @@ class RunConfig:
 
 SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
 CHOICES = {("optim", "name"): ("adamw", "adam", "sgd"), ("optim", "schedule"): ("cosine", "linear", "constant"),
-           ("train", "amp"): ("none", "bf16", "fp16"), ("train", "objective"): ("classify", "mpp"),
-           ("train", "batch_split"): ("auto", "on", "off")}
+           ("train", "amp"): ("none", "bf16", "fp16"), ("train", "objective"): ("classify", "mpp")}
 NON_NEGATIVE = {"weight_decay", "min_lr", "clip_grad", "warmup_epochs", "mixup", "cutmix", "num_workers",
                 "crop_padding", "randaugment_n", "ema_decay", "checkpoint_every", "threads", "limit_train"}
 POSITIVE = {"epochs", "batch_size", "eval_batch_size", "accum_steps", "log_every"}
@@ -130,8 +128,6 @@ def _check_type(where: str, value: Any, hint: Any) -> Any:
             raise VitkitError(f"{where}: expected a number, got {value!r}")
         value = float(value)
     elif hint is str:
-        if isinstance(value, bool):  # YAML 1.1 reads on/off/yes/no as booleans
-            value = "on" if value else "off"
         if not isinstance(value, str):
             raise VitkitError(f"{where}: expected a string, got {value!r}")
     elif origin is not None and type(None) in args:

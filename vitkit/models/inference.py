@@ -12,25 +12,18 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .batch_split import SplitBatch, default_parts, split_pays
 from .resnet import ResNet
 from .vit import VisionTransformer
 
 
-def inference_model(model: nn.Module, compile: bool = False, split: bool | None = None) -> nn.Module:
+def inference_model(model: nn.Module, compile: bool = False) -> nn.Module:
     """`model` ready for inference: eval mode, gradients off, optionally compiled with frozen weights.
 
-    `split` runs the slices of each batch in parallel threads, one intra-op thread each
-    (`batch_split.SplitBatch`); None chooses it where it measured faster (`batch_split.split_pays`).
     Call it under `torch.inference_mode()`; the returned module shares the weights with `model`.
     """
     model.eval().requires_grad_(False)
-    if not isinstance(model, (VisionTransformer, ResNet)):  # an onnxruntime model runs as is
+    if not compile or not isinstance(model, (VisionTransformer, ResNet)):  # an onnxruntime model runs as is
         return model
-    if compile:
-        import torch._inductor.config as inductor_config
-        inductor_config.freezing = True
-        return torch.compile(model, dynamic=False)
-    if split is None:
-        split = split_pays(model)
-    return SplitBatch(model, max(2, default_parts())) if split else model
+    import torch._inductor.config as inductor_config
+    inductor_config.freezing = True
+    return torch.compile(model, dynamic=False)

@@ -29,7 +29,6 @@ from ..data.transforms import mix_batch
 from ..errors import VitkitError
 from ..evaluate import Evaluation, evaluate
 from ..models import build_model, count_params, model_config
-from ..models.batch_split import default_parts, has_random_layers, split_backward, split_pays
 from ..models.config import to_pair
 from .distributed import DistContext, agree_on, dist_backend, init_distributed, shutdown_distributed
 from .optim import EMA, build_optimizer, lr_at
@@ -118,8 +117,6 @@ class Trainer:
         self.warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
-        self.split_parts = self._split_parts()
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_acc, self.best_loss, self.best_step = -1.0, float("inf"), 0
         self.skipped: set[str] = set()
@@ -251,65 +248,32 @@ class Trainer:
         process had no readable image) or stop ("nonfinite"), so none waits on a backward the others skip.
         `sync=False` (an accumulation micro-batch) keeps DDP from all-reducing gradients yet."""
         cfg = self.cfg
-        loss, correct, n, images, loss_t, backward_done = float("nan"), 0, 0, 0, None, False
+        loss, correct, n, images, loss_t = float("nan"), 0, 0, 0, None
         no_sync = getattr(self.net, "no_sync", None)
         with contextlib.nullcontext() if sync or no_sync is None else no_sync():
             if batch["x"] is not None:
                 x, y = batch["x"].to(self.device), batch["y"].to(self.device)
                 images = len(y)
                 g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7 + self.batch_in_epoch)
-                if self.mpp:  # correct/n count corrupted patches whose colour was predicted
-                    with self._autocast():
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    if self.mpp:  # correct/n count corrupted patches whose colour was predicted
                         loss_t, correct, n = self.net(x, g, loss=True)
-                else:
-                    x, target = mix_batch(x, y, self.data.num_classes, cfg.aug.mixup, cfg.aug.cutmix, g,
-                                          cfg.aug.label_smoothing)
-                    if self.split_parts > 1 and len(x) > 1:  # forward and backward, slices in parallel threads
-                        loss_t, logits = split_backward(self._classify, self.trainable, x, target.to(self.device),
-                                                        self.split_parts, 1 / cfg.optim.accum_steps)
-                        backward_done = True
                     else:
-                        logits, loss_t = self._classify(x, target.to(self.device))
-                    n, correct = len(y), int((logits.argmax(1) == y).sum())
+                        x, target = mix_batch(x, y, self.data.num_classes, cfg.aug.mixup, cfg.aug.cutmix, g,
+                                              cfg.aug.label_smoothing)
+                        logits = self.net(x)
+                        loss_t = F.cross_entropy(logits.float(), target.to(self.device))
+                        n, correct = len(y), int((logits.argmax(1) == y).sum())
                 loss = loss_t.item()
             has, finite = loss_t is not None, loss_t is None or math.isfinite(loss)
             if self.dist.enabled:
                 n_has, n_bad = self.dist.sum([float(has), float(not finite)])
                 has, finite = n_has == self.dist.world_size, n_bad == 0
             verdict = "nonfinite" if not finite else "ok" if has else "empty"
-            if verdict == "ok" and not backward_done:
+            if verdict == "ok":
                 scaled = loss_t / cfg.optim.accum_steps
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return verdict, loss, correct, n, images
-
-    def _autocast(self) -> torch.autocast:
-        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
-
-    def _classify(self, x: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and mean cross-entropy (computed in fp32 under autocast) of a batch or batch slice."""
-        with self._autocast():
-            logits = self.net(x)
-            return logits, F.cross_entropy(logits.float(), target)
-
-    def _split_parts(self) -> int:
-        """How many threads the training step splits each batch over (1: none); see train.batch_split."""
-        t, reasons = self.cfg.train, []
-        if self.device.type != "cpu":
-            reasons.append(f"the device is {self.device.type}, not cpu")
-        if self.dist.enabled:
-            reasons.append("it runs under torchrun (DDP/FSDP already splits the batch)")
-        if self.mpp:
-            reasons.append("the objective is mpp")
-        if self.scaler is not None:
-            reasons.append("fp16 loss scaling is on")
-        if has_random_layers(self.model):
-            reasons.append("the model has dropout or stochastic depth (thread timing would order the random draws)")
-        parts = min(default_parts(), self.local_batch)
-        if t.batch_split == "on" and reasons:
-            raise VitkitError(f"train.batch_split=on is not possible here: {'; '.join(reasons)}")
-        if t.batch_split == "off" or reasons or (t.batch_split == "auto" and not split_pays(self.model)):
-            return 1
-        return max(parts, 1)
 
     def _optimizer_step(self) -> float:
         lr = lr_at(self.step, self.total_steps, self.warmup, self.cfg.optim)
@@ -362,8 +326,7 @@ class Trainer:
         self._say(f"run {self.run_dir}: {self.meta['model_name']} ({self.params:,} parameters) on {cfg.data.spec}: "
                   f"{self.data.train_size} train / {len(self.data.val)} val / {len(self.data.test)} test images, "
                   f"{self.data.num_classes} classes; batch {t.batch_size} x accum {cfg.optim.accum_steps}, "
-                  f"{self.total_steps} steps; data loader alone: {loader_rate:,.0f} img/s"
-                  + (f"; each batch split over {self.split_parts} threads" if self.split_parts > 1 else ""))
+                  f"{self.total_steps} steps; data loader alone: {loader_rate:,.0f} img/s")
         if self.dist.enabled:
             self._say(f"{self.dist.world_size} processes ({'FSDP' if t.fsdp else 'DDP'}, "
                       f"{dist_backend()}): global batch {t.batch_size} = {self.dist.world_size} x "
@@ -533,7 +496,7 @@ class Trainer:
             "epochs": self.epoch, "steps": self.step, "best_val_acc": self.best_acc, "best_step": self.best_step,
             "wall_time_s": round(wall, 2), "train_time_s": round(train_time, 2),
             "img_s": _mean([r["img_s"] for r in records if r.get("kind") == "epoch"]),
-            "batch_split_threads": self.split_parts, "loader_img_s": round(loader_rate, 1), "skipped_files": len(self.skipped),
+            "loader_img_s": round(loader_rate, 1), "skipped_files": len(self.skipped),
             "skipped": sorted(self.skipped)[:100], "nonfinite_steps_skipped": self.nonfinite_skipped,
             "run_dir": str(self.run_dir),
         }
