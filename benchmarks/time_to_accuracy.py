@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from vitkit.config import build_config
+from vitkit.runtime import tune_allocator
 from vitkit.train import train
 from vitkit.train.loop import Trainer
 
@@ -26,6 +27,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra section.key=value overrides")
     ap.add_argument("--out", default="benchmarks/results", help="where the run and the JSON go")
     args = ap.parse_args()
+    tune_allocator()  # as `vitkit train` does
     run_dir = Path(args.out) / f"tta-{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
     cfg = build_config(args.config, [f"train.out={run_dir}", "train.tensorboard=false"] + args.set)
     t0 = time.perf_counter()

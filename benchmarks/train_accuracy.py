@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from vitkit.config import build_config
+from vitkit.runtime import tune_allocator
 from vitkit.train import train
 
 
@@ -28,6 +29,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="extra section.key=value overrides")
     ap.add_argument("--out", default="benchmarks/results", help="where runs and results go")
     args = ap.parse_args()
+    tune_allocator()  # as `vitkit train` does
     out = Path(args.out)
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:

@@ -56,7 +56,8 @@ def zero_head(features: int, num_classes: int) -> nn.Module:
 
 
 def group_norm(chans: int) -> nn.GroupNorm:
-    return nn.GroupNorm(min(32, chans), chans, eps=1e-6)
+    """BiT's 32 groups; widths that 32 does not divide (any multiple of 8 is allowed) get gcd(32, chans)."""
+    return nn.GroupNorm(math.gcd(32, chans), chans, eps=1e-6)
 
 
 class Bottleneck(nn.Module):
