@@ -254,11 +254,10 @@ def serve(impl: str, name: str, mode: str) -> None:
     if impl.startswith("vitkit"):
         from vitkit.runtime import tune_allocator
         tune_allocator()
-    cell = make_cell(impl, name, mode)
-    cell.step()
+    cell = InProcess(impl, name, mode, torch.get_num_threads())
     print("ready", flush=True)
     for line in sys.stdin:
-        print(time_cell(cell, float(line)), flush=True)
+        print(cell.time(float(line)), flush=True)
 
 
 def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_seconds: float,
