@@ -7,7 +7,10 @@ For each model: PyTorch fp32 as `vitkit eval` runs it (`inference_model`, alloca
 export --format int8`: fused attention; run as `vitkit eval` runs it, slices of the batch on
 concurrent one-thread sessions, and also as one run on all threads; and exported with `--fuse none`)
 and, for reference, PyTorch's own dynamic int8 (`torch.ao.quantization.quantize_dynamic` of the
-linear layers, the path the peers document), at batch 32, timed in turn for several rounds; the table
+linear layers, the path the peers document), at batch 32, timed in turn for several rounds; with
+`--torchao`, also PyTorch 2 export quantisation (torchao's X86InductorQuantizer: static int8 with scales
+calibrated on 512 training images, or on noise for the random-weight models; the patch convolution
+stays fp32, which the compiler needs; compiled with frozen weights); the table
 gives the median per-round speed-up over vitkit's fp32 path and its range. `mnist` uses the trained
 checkpoint (and its test accuracy, fp32 against int8, over the whole test set); the 224-px models
 use random weights (speed only).
@@ -53,6 +56,56 @@ def checkpoint_for(key: str, run: str | None, tmp: Path) -> Path:
     return path
 
 
+def torchao_static_int8(model: torch.nn.Module, x: torch.Tensor, calibration: list[torch.Tensor]):
+    """PT2E static int8 for x86 (oneDNN VNNI kernels, quantise/dequantise fused by the compiler)."""
+    try:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+        from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+            X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    except ImportError:
+        raise SystemExit("--torchao needs torchao: pip install torchao") from None
+    import torch._inductor.config as inductor_config
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    quantizer.set_module_type_qconfig(torch.nn.Conv2d, None)  # a quantised patch conv fails to compile here
+    prepared = prepare_pt2e(torch.export.export(model, (x,)).module(), quantizer)  # batch fixed: fastest
+    with torch.no_grad():
+        for c in calibration:
+            prepared(c)
+    inductor_config.freezing = True
+    compiled = torch.compile(convert_pt2e(prepared), dynamic=False)
+    with torch.no_grad():
+        compiled(x)
+    return compiled
+
+
+def split_loader(data: str, meta: dict, split: str, batch: int):
+    """Batches of one split of `data` with the checkpoint's own preprocessing, as `vitkit eval` reads them."""
+    from vitkit.config import AugConfig, DataConfig
+    from vitkit.data.datasets import ImageDataset, build_data, make_loader
+    pre = Preprocess.from_dict(meta["preprocess"])
+    bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, 0)
+    return make_loader(ImageDataset(getattr(bundle, split).split, pre, None, 0, strict=False), batch, 0)
+
+
+def calibration_images(key: str, data: str, meta: dict, x: torch.Tensor) -> list[torch.Tensor]:
+    if key != "mnist":
+        return [torch.randn_like(x) for _ in range(16)]
+    batches = iter(split_loader(data, meta, "train", len(x)))
+    return [next(batches)["x"] for _ in range(512 // len(x))]
+
+
+def test_accuracy(fn, data: str, meta: dict, x: torch.Tensor) -> float:
+    """Top-1 of a callable compiled for batches of len(x) over the whole test set (the last batch padded)."""
+    right = total = 0
+    with torch.no_grad():
+        for batch in split_loader(data, meta, "test", len(x)):
+            n = len(batch["y"])
+            images = torch.cat([batch["x"], x[:len(x) - n]]) if n < len(x) else batch["x"]
+            right += int((fn(images)[:n].argmax(-1) == batch["y"]).sum())
+            total += len(batch["y"])
+    return right / total
+
+
 def images_per_second(fn, x: torch.Tensor, min_seconds: float) -> float:
     n, t0 = 0, time.perf_counter()
     while n < 2 or time.perf_counter() - t0 < min_seconds:
@@ -70,6 +123,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--min-seconds", type=float, default=2.0, help="timed seconds per variant per round")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--torchao", action="store_true",
+                    help="also time torchao's PT2E static int8, compiled (needs torchao; slow to compile)")
     ap.add_argument("--out", default="benchmarks/results/int8.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,7 +136,7 @@ def main() -> None:
         export_onnx(src, tmp / f"{key}.onnx")
         q = export_int8(src, tmp / f"{key}.int8.onnx")   # the default: fused attention
         export_int8(src, tmp / f"{key}.int8-none.onnx", fuse="none")
-        model, _ = load_checkpoint(src)
+        model, meta = load_checkpoint(src)
         model = inference_model(model)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notice
@@ -93,6 +148,8 @@ def main() -> None:
                     "onnx_int8_unfused": OnnxModel(tmp / f"{key}.int8-none.onnx", args.threads),
                     "torch_dynamic_int8": torch_int8}
         x = torch.randn(args.batch, model.cfg.in_chans, *model.cfg.img_size)
+        if args.torchao:
+            variants["torchao_static_int8"] = torchao_static_int8(model, x, calibration_images(key, args.data, meta, x))
         per_round = []
         with torch.inference_mode():
             for v in variants.values():
@@ -113,6 +170,8 @@ def main() -> None:
             fp32 = evaluate_checkpoint(src, args.data)["top1"]
             int8 = evaluate_checkpoint(tmp / f"{key}.int8.onnx", args.data)["top1"]
             row.update(test_acc_fp32=fp32, test_acc_int8=int8, loss_points=100 * (fp32 - int8))
+            if args.torchao:
+                row["test_acc_torchao_int8"] = test_accuracy(variants["torchao_static_int8"], args.data, meta, x)
         rows.append(row)
         print(json.dumps(row), flush=True)
     out = Path(args.out)
@@ -127,6 +186,10 @@ def main() -> None:
         cells = [f"{r[n]['speedup_median']:.2f}x ({r[n]['speedup_min']:.2f}-{r[n]['speedup_max']:.2f})"
                  for n in compared]
         print(f"| {r['model']} | {r['torch_fp32']['img_s_median']:.0f} | " + " | ".join(cells) + f" | {acc} |")
+        if "torchao_static_int8" in r:
+            t = r["torchao_static_int8"]
+            print(f"torchao static int8 ({r['model']}): {t['speedup_median']:.2f}x ({t['speedup_min']:.2f}-"
+                  f"{t['speedup_max']:.2f}), test acc {r.get('test_acc_torchao_int8', '-')}")
 
 
 if __name__ == "__main__":
