@@ -19,6 +19,7 @@ use random weights (speed only).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -78,13 +79,20 @@ def torchao_static_int8(model: torch.nn.Module, x: torch.Tensor, calibration: li
     return compiled
 
 
+@functools.lru_cache(maxsize=None)
+def _bundle(data: str, img_size: tuple[int, int], in_chans: int):
+    """Read the data spec once: calibration and the accuracy pass both draw from it."""
+    from vitkit.config import AugConfig, DataConfig
+    from vitkit.data.datasets import build_data
+    return build_data(DataConfig(spec=data), AugConfig(), img_size, in_chans, 0)
+
+
 def split_loader(data: str, meta: dict, split: str, batch: int):
     """Batches of one split of `data` with the checkpoint's own preprocessing, as `vitkit eval` reads them."""
-    from vitkit.config import AugConfig, DataConfig
-    from vitkit.data.datasets import ImageDataset, build_data, make_loader
+    from vitkit.data.datasets import ImageDataset, make_loader
     pre = Preprocess.from_dict(meta["preprocess"])
-    bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, 0)
-    return make_loader(ImageDataset(getattr(bundle, split).split, pre, None, 0, strict=False), batch, 0)
+    source = getattr(_bundle(data, tuple(pre.img_size), pre.in_chans), split)
+    return make_loader(ImageDataset(source.split, pre, None, 0, strict=False), batch, 0)
 
 
 def calibration_images(key: str, data: str, meta: dict, x: torch.Tensor) -> list[torch.Tensor]:
@@ -102,7 +110,7 @@ def test_accuracy(fn, data: str, meta: dict, x: torch.Tensor) -> float:
             n = len(batch["y"])
             images = torch.cat([batch["x"], x[:len(x) - n]]) if n < len(x) else batch["x"]
             right += int((fn(images)[:n].argmax(-1) == batch["y"]).sum())
-            total += len(batch["y"])
+            total += n
     return right / total
 
 

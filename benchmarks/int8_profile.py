@@ -14,22 +14,20 @@ import json
 import tempfile
 from pathlib import Path
 
+import onnxruntime as ort
 import torch
 
 from int8 import checkpoint_for
-from vitkit.export import OnnxModel, _onnxruntime, export_int8
+from vitkit.export import export_int8
 
 
-def kernel_shares(path: Path, batch: int, runs: int, threads: int, prefix: Path) -> dict[str, float]:
-    ort = _onnxruntime()
+def kernel_shares(path: Path, x: torch.Tensor, runs: int, threads: int, prefix: Path) -> dict[str, float]:
     options = ort.SessionOptions()
     options.enable_profiling, options.intra_op_num_threads = True, threads
     options.profile_file_prefix = str(prefix)
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    cfg = OnnxModel(path).cfg
-    x = torch.randn(batch, cfg.in_chans, *cfg.img_size).numpy()
     for _ in range(runs):
-        session.run(None, {"images": x})
+        session.run(None, {"images": x.numpy()})
     events = json.loads(Path(session.end_profiling()).read_text())
     per_op: collections.Counter = collections.Counter()
     for e in events:
@@ -50,8 +48,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     for key in args.models.split(","):
         path = tmp / f"{key}.int8.onnx"
-        export_int8(checkpoint_for(key, args.checkpoint, tmp), path, check=False)
-        shares = kernel_shares(path, args.batch, args.runs, args.threads, tmp / key)
+        exported = export_int8(checkpoint_for(key, args.checkpoint, tmp), path, check=False)
+        x = torch.randn(args.batch, *exported["input"][1:])  # (batch, channels, height, width)
+        shares = kernel_shares(path, x, args.runs, args.threads, tmp / key)
         print(f"{key}: " + ", ".join(f"{op} {100 * s:.1f}%" for op, s in shares.items() if s >= 0.005))
 
 
