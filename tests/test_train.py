@@ -237,7 +237,9 @@ def test_skip_nonfinite_counts_skipped_steps(tmp_path):
             with torch.no_grad():
                 trainer.model.head.bias[0] = float("inf")
 
-    s = train(quick_cfg(tmp_path / "b", "train.skip_nonfinite=true"), progress=False, on_step=poison)
+    # the poisoned weights reach a checkpoint; loading it for the final test names the tensor
+    with pytest.warns(UserWarning, match=r"head\.bias hold non-finite values"):
+        s = train(quick_cfg(tmp_path / "b", "train.skip_nonfinite=true"), progress=False, on_step=poison)
     assert s["status"] == "completed" and s["nonfinite_steps_skipped"] > 0
 
 
