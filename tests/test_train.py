@@ -18,7 +18,7 @@ from vitkit.checkpoint import load_checkpoint, load_state_dict_checked
 from vitkit.config import build_config
 from vitkit.models import create_model
 from vitkit.train import train
-from vitkit.train.optim import lr_at, param_groups
+from vitkit.train.optim import EMA, build_optimizer, lr_at, param_groups
 
 QUICK = ["model.name=vit_digits_patch4_8", "model.embed_dim=32", "model.mlp_dim=64", "model.depth=2",
          "train.batch_size=64", "train.epochs=2", "train.tensorboard=false", "train.log_every=5",
@@ -81,6 +81,38 @@ def test_no_decay_on_biases_norms_positions_tokens():
     no_decay_names = {names[id(p)] for p in no_decay["params"]}
     assert {"cls_token", "pos_embed", "norm.weight", "blocks.0.attn.qkv.bias"} <= no_decay_names
     assert all(p.ndim >= 2 for p in decay["params"]) and "pos_embed" not in {names[id(p)] for p in decay["params"]}
+
+
+def test_optimisers_are_the_papers():
+    model = create_model("vit_digits_patch4_8")
+    adamw = build_optimizer(model, build_config(overrides=["optim.name=adamw", "optim.weight_decay=0.05"]).optim)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.999)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0]
+    adam = build_optimizer(model, build_config(overrides=["optim.name=adam", "optim.weight_decay=0.05"]).optim)
+    assert [g["weight_decay"] for g in adam.param_groups] == [0.0, 0.0]
+    sgd = build_optimizer(model, build_config(overrides=["optim.name=sgd"]).optim)
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+
+
+def test_ema_is_an_exponential_average_of_the_weights():
+    model = torch.nn.Linear(3, 2)
+    ema, before = EMA(model, 0.9), model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    assert torch.allclose(ema.shadow["weight"], 0.9 * before + 0.1 * model.weight, atol=1e-6)
+
+
+def test_gradients_are_clipped_to_the_global_norm(tmp_path):
+    assert build_config().optim.clip_grad == 1.0  # the paper's default
+    weights = []
+    record = lambda t: weights.append(torch.cat([p.detach().flatten().clone() for p in t.model.parameters()]))
+    # plain SGD at lr 1 without decay: each step moves the weights by exactly the clipped gradient
+    train(quick_cfg(tmp_path / "c", "optim.name=sgd", "optim.momentum=0", "optim.weight_decay=0", "optim.lr=1",
+                    "optim.schedule=constant", "optim.warmup_epochs=0", "optim.clip_grad=0.01", "train.epochs=1"),
+          progress=False, on_step=record)
+    steps = [float((b - a).norm()) for a, b in zip(weights, weights[1:])]
+    assert len(steps) >= 3 and all(s == pytest.approx(0.01, rel=1e-3) for s in steps), steps
 
 
 @pytest.mark.parametrize("workers", [0, 2])
