@@ -219,6 +219,29 @@ def test_recorded_attention_gives_same_logits_as_fused_path(pos):
     assert torch.allclose(attns[0].sum(-1), torch.ones(3, 4, 17), atol=1e-5)
 
 
+@pytest.mark.parametrize("pos", ["learn", "rel"])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_class_token_only_last_block_changes_nothing_but_the_work(pos, qkv_bias):
+    """model(x) computes the last block for the class token alone: logits and every gradient must equal
+    those read from the full token sequence, in training (fused kernel) and in inference."""
+    model = randomise(tiny(pos_embed=pos, qkv_bias=qkv_bias))
+    x = torch.randn(3, 3, 16, 16)
+    assert model.forward_features(x, class_token_only=True).shape == (3, 1, model.embed_dim)
+
+    def logits_and_grads(full: bool):
+        model.zero_grad()
+        y = model.forward_head(model.forward_features(x)) if full else model(x)
+        y.pow(2).sum().backward()
+        return y.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+    (y_full, g_full), (y_cls, g_cls) = logits_and_grads(True), logits_and_grads(False)
+    torch.testing.assert_close(y_cls, y_full, atol=1e-6, rtol=1e-5)
+    for k in g_full:
+        torch.testing.assert_close(g_cls[k], g_full[k], atol=1e-6, rtol=1e-5)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), model.forward_head(model.forward_features(x)), atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("size", [(16, 16), (24, 24), (32, 16), (8, 20)])
 @pytest.mark.parametrize("pos", ["learn", "learn2d", "sincos", "rel", "none"])
 def test_any_multiple_of_patch_size_runs_without_changing_parameters(size, pos):

@@ -71,10 +71,14 @@ class _FusedAttention(torch.autograd.Function):
 
 @contextlib.contextmanager
 def _onnxruntime_attention(model: nn.Module) -> Iterator[None]:
-    """While exporting, every self-attention without a relative-position bias becomes one `Attention` node."""
+    """While exporting, every self-attention without a relative-position bias becomes one `Attention` node,
+    except the last block's class-token-only query, which stays plain matrix products."""
     from .models.vit import Attention
 
-    def forward(self: Attention, x: torch.Tensor, grid: tuple[int, int], return_attn: bool = False):
+    def forward(self: Attention, x: torch.Tensor, grid: tuple[int, int], return_attn: bool = False,
+                queries: int | None = None):
+        if queries is not None:
+            return Attention.forward(self, x, grid, return_attn, queries)
         bias = self.qkv.bias if self.qkv.bias is not None else x.new_zeros(self.qkv.out_features)
         return self.proj(_FusedAttention.apply(x, self.qkv.weight.t(), bias, self.num_heads)), None
 

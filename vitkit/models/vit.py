@@ -72,10 +72,22 @@ class Attention(nn.Module):
             self.rel_pos = RelativePositionBias(cfg.num_heads, cfg.grid_size(), cfg.num_prefix_tokens,
                                                 cfg.resample, cfg.resample_antialias)
 
-    def forward(self, x: Tensor, grid: tuple[int, int], return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(self, x: Tensor, grid: tuple[int, int], return_attn: bool = False,
+                queries: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """`queries=n` computes the output for the first n tokens only (all tokens still serve as keys and
+        values): what the last block needs when only the class token reaches the head."""
         b, t, d = x.shape
-        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if queries is None:
+            q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            w, wb = self.qkv.weight, self.qkv.bias  # rows: W_q, W_k, W_v
+            q = F.linear(x[:, :queries], w[:d], None if wb is None else wb[:d])
+            q = q.view(b, queries, self.num_heads, self.head_dim).transpose(1, 2)
+            k, v = F.linear(x, w[d:], None if wb is None else wb[d:]).view(
+                b, t, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.rel_pos(grid).to(q.dtype) if self.rel_pos is not None else None
+        if bias is not None and queries is not None:
+            bias = bias[:, :queries]
         probs = None
         if return_attn or (t <= EXPLICIT_ATTENTION_MAX_TOKENS and not torch.is_grad_enabled()):
             logits = (q * self.scale) @ k.transpose(-2, -1)
@@ -86,7 +98,7 @@ class Attention(nn.Module):
         else:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
                                                dropout_p=self.attn_drop.p if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, t, d)
+        x = x.transpose(1, 2).reshape(b, q.shape[2], d)
         return self.proj_drop(self.proj(x)), probs
 
 
@@ -130,8 +142,12 @@ class Block(nn.Module):
         self.mlp = Mlp(cfg)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, z: Tensor, grid: tuple[int, int], return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
-        a, probs = self.attn(self.norm1(z), grid, return_attn)
+    def forward(self, z: Tensor, grid: tuple[int, int], return_attn: bool = False,
+                queries: int | None = None) -> tuple[Tensor, Tensor | None]:
+        """`queries=n`: the output for the first n tokens only (see Attention.forward)."""
+        a, probs = self.attn(self.norm1(z), grid, return_attn, queries)
+        if queries is not None:
+            z = z[:, :queries]
         z = z + self.drop_path(a)                          # (2)
         z = z + self.drop_path(self.mlp(self.norm2(z)))    # (3)
         return z, probs
@@ -207,9 +223,14 @@ class VisionTransformer(nn.Module):
         return None  # "rel" acts inside attention; "none" has no position information
 
     def forward_features(self, x: Tensor, return_attn: bool = False,
-                         patch_hook: Callable[[Tensor, tuple[int, int]], Tensor] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+                         patch_hook: Callable[[Tensor, tuple[int, int]], Tensor] | None = None,
+                         class_token_only: bool = False) -> Tensor | tuple[Tensor, list[Tensor]]:
         """Image -> LN(z_L): (B, T, D) tokens after the final LayerNorm. `patch_hook` may replace the patch
-        embeddings x_p E before the class token and E_pos join them (masked patch prediction corrupts there)."""
+        embeddings x_p E before the class token and E_pos join them (masked patch prediction corrupts there).
+
+        `class_token_only` returns LN(z_L^0) alone, (B, 1, D): the last block then computes its query,
+        attention output and MLP for the class token only, the one row eq. 4 reads - the same result with
+        ~10/12 of that block's matrix products skipped."""
         self._check_input(x)
         z, grid = self.patch_embed(x)
         if patch_hook is not None:
@@ -221,11 +242,13 @@ class VisionTransformer(nn.Module):
             z = z + pos
         z = self.pos_drop(z)
         attns = []
-        for blk in self.blocks:
+        last = len(self.blocks) - 1
+        for i, blk in enumerate(self.blocks):
+            queries = 1 if class_token_only and i == last and self.cls_token is not None and not return_attn else None
             if self.grad_checkpointing and self.training and torch.is_grad_enabled() and not return_attn:
-                z, _ = checkpoint(blk, z, grid, use_reentrant=False)
+                z, _ = checkpoint(blk, z, grid, False, queries, use_reentrant=False)
             else:
-                z, probs = blk(z, grid, return_attn)
+                z, probs = blk(z, grid, return_attn, queries)
                 attns.append(probs)
         z = self.norm(z)
         return (z, attns) if return_attn else z
@@ -246,7 +269,7 @@ class VisionTransformer(nn.Module):
         if return_attn:
             z, attns = self.forward_features(x, return_attn=True)
             return self.forward_head(z), attns
-        return self.forward_head(self.forward_features(x))
+        return self.forward_head(self.forward_features(x, class_token_only=self.cfg.global_pool == "token"))
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.cfg.in_chans:
