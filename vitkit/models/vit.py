@@ -77,8 +77,10 @@ class Attention(nn.Module):
         """`queries=n` computes the output for the first n tokens only (all tokens still serve as keys and
         values): what the last block needs when only the class token reaches the head."""
         b, t, d = x.shape
-        if queries is None:
+        if queries is None or not isinstance(self.qkv, nn.Linear):  # a quantised layer has no weight rows to slice
             q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+            if queries is not None:
+                q = q[:, :, :queries]
         else:
             w, wb = self.qkv.weight, self.qkv.bias  # rows: W_q, W_k, W_v
             q = F.linear(x[:, :queries], w[:d], None if wb is None else wb[:d])
