@@ -156,6 +156,7 @@ def test_hub_names_resolve_from_local_cache_layout_and_fail_clearly_offline(tmp_
         load_model("google/vit-base-patch16-224")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # torch notes the crafted file's protocol
 def test_crafted_pickle_is_refused_and_never_runs(tmp_path):
     marker = tmp_path / "payload_ran"
 
