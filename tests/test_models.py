@@ -206,15 +206,32 @@ def test_relative_bias_is_translation_invariant():
 
 
 @pytest.mark.parametrize("pos", ["learn", "rel", "none"])
-def test_recorded_attention_gives_same_logits_as_fused_path(pos):
+def test_explicit_attention_products_match_the_fused_kernel(pos, monkeypatch):
+    """Short sequences use plain matrix products (speed); logits, gradients and recorded attention must
+    equal the fused kernel's, in training and in inference."""
+    from vitkit.models import vit
     model = randomise(tiny(pos_embed=pos))
     x = torch.randn(3, 3, 16, 16)
-    fused = model(x).detach()                   # autograd on: the fused kernel
+
+    def logits_and_grads():
+        model.zero_grad()
+        y = model(x)
+        y.pow(2).sum().backward()
+        return y.detach(), [p.grad.clone() for p in model.parameters()]
+
+    explicit, explicit_grads = logits_and_grads()          # 17 tokens: under both limits
     with torch.no_grad():
-        inference = model(x)                    # 17 tokens, no autograd: explicit matrix products
         logits, attns = model(x, return_attn=True)
-    assert torch.allclose(fused, logits, atol=1e-5, rtol=1e-5)  # stated tolerance: 1e-5
-    assert torch.allclose(fused, inference, atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(vit, "EXPLICIT_ATTENTION_MAX_TOKENS", 0)
+    monkeypatch.setattr(vit, "EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN", 0)
+    fused, fused_grads = logits_and_grads()
+    with torch.no_grad():
+        fused_inference = model(x)
+    assert torch.allclose(fused, explicit, atol=1e-5, rtol=1e-5)  # stated tolerance: 1e-5
+    assert torch.allclose(fused, logits, atol=1e-5, rtol=1e-5)
+    assert torch.allclose(fused_inference, logits, atol=1e-5, rtol=1e-5)
+    for a, b in zip(fused_grads, explicit_grads):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
     assert len(attns) == 2 and attns[0].shape == (3, 4, 17, 17)
     assert torch.allclose(attns[0].sum(-1), torch.ones(3, 4, 17), atol=1e-5)
 
@@ -223,7 +240,7 @@ def test_recorded_attention_gives_same_logits_as_fused_path(pos):
 @pytest.mark.parametrize("qkv_bias", [True, False])
 def test_class_token_only_last_block_changes_nothing_but_the_work(pos, qkv_bias):
     """model(x) computes the last block for the class token alone: logits and every gradient must equal
-    those read from the full token sequence, in training (fused kernel) and in inference."""
+    those read from the full token sequence, in training and in inference."""
     model = randomise(tiny(pos_embed=pos, qkv_bias=qkv_bias))
     x = torch.randn(3, 3, 16, 16)
     assert model.forward_features(x, class_token_only=True).shape == (3, 1, model.embed_dim)

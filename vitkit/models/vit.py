@@ -49,10 +49,13 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])
 
 
-# Up to this many tokens, inference computes softmax(q k^T) v with plain matrix products: on CPU the
-# fused kernel's per-call cost dominates short sequences (1.2-1.7x slower at 17-101 tokens, batch 32;
-# measured in benchmarks/throughput.py). Training keeps the fused kernel, whose backward is faster.
+# Up to this many tokens, softmax(q k^T) v is computed with plain matrix products: on CPU the fused
+# kernel's per-call cost dominates short sequences. Inference: the fused kernel is 1.2-1.7x slower at
+# 17-101 tokens, batch 32 (benchmarks/throughput.py). Training, whose products must also keep the
+# T x T probabilities for the backward: whole steps 4-8% faster at 17-50 tokens, even at 65, slower
+# beyond (0.99x at 197), so the fused kernel takes over earlier.
 EXPLICIT_ATTENTION_MAX_TOKENS = 128
+EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN = 64
 
 
 class Attention(nn.Module):
@@ -91,7 +94,8 @@ class Attention(nn.Module):
         if bias is not None and queries is not None:
             bias = bias[:, :queries]
         probs = None
-        if return_attn or (t <= EXPLICIT_ATTENTION_MAX_TOKENS and not torch.is_grad_enabled()):
+        limit = EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN if torch.is_grad_enabled() else EXPLICIT_ATTENTION_MAX_TOKENS
+        if return_attn or t <= limit:
             logits = (q * self.scale) @ k.transpose(-2, -1)
             if bias is not None:
                 logits = logits + bias
