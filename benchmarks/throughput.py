@@ -18,9 +18,10 @@ process is tuned too (`--allocator default` to leave glibc's behaviour). `--proc
 each implementation in its own process, as its library leaves one: vitkit tuned, the peers with
 glibc's defaults; still timed one at a time, round-robin.
 
-vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`), and, for
-inference, also compiled with frozen weights (`vitkit_compiled`, the `--compile` option; compilation
-happens in the warm-up, outside the timing).
+vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`), and also
+compiled (`vitkit_compiled`, the `--compile` option: for inference with frozen weights, for training
+the forward and backward as `vitkit train --compile` does; compilation happens in the warm-up,
+outside the timing).
 
 Peers: Hugging Face transformers' ViT (SDPA and eager attention), vit-pytorch (its `vit` module is
 loaded on its own: the package's __init__ imports torchvision, which does not load beside this
@@ -111,7 +112,7 @@ def build_timm(name: str) -> nn.Module:
 
 IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit": build_vitkit,
-    "vitkit_compiled": build_vitkit,   # inference only: torch.compile with frozen weights
+    "vitkit_compiled": build_vitkit,   # torch.compile (inference: with frozen weights)
     "hf_sdpa": lambda n: build_hf(n, "sdpa"),
     "hf_eager": lambda n: build_hf(n, "eager"),
     "vit_pytorch": build_vit_pytorch,
@@ -162,10 +163,11 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     loss_fn = nn.CrossEntropyLoss()
+    net = torch.compile(model) if impl == "vitkit_compiled" else model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn(model(x), y).backward()
+        loss_fn(net(x), y).backward()
         opt.step()
     return Cell(step, batch)
 
@@ -274,7 +276,7 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
                 continue
             gflop_img = gflop_fwd * (3 if train else 1)
             kind = OwnProcess if processes else InProcess
-            cells = {i: kind(i, name, mode, threads) for i in impls if not (train and i == "vitkit_compiled")}
+            cells = {i: kind(i, name, mode, threads) for i in impls}
             per_round = []
             for r in range(rounds):
                 mm = matmul_gflops()

@@ -35,6 +35,10 @@ TRAIN_FLAGS = {  # flag -> config key
     "lr": "optim.lr", "out": "train.out", "seed": "train.seed", "device": "train.device",
     "workers": "data.num_workers",
 }
+SWITCHES = {  # on/off flag -> config key
+    "download": "data.download", "strict": "data.strict", "grad_checkpointing": "train.grad_checkpointing",
+    "fsdp": "train.fsdp", "compile": "train.compile",
+}
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -44,6 +48,7 @@ def _train(args: argparse.Namespace) -> int:
     progress = False if args.no_progress else None
     if args.resume:
         given = [f for f in TRAIN_FLAGS if f != "epochs" and getattr(args, f) is not None]
+        given += [f for f in SWITCHES if getattr(args, f)]
         if given or args.set or args.config:
             raise VitkitError("--resume continues a run with its own config.yaml; only --epochs may change "
                               f"(got --{(given or ['set'])[0].replace('_', '-')})")
@@ -51,14 +56,7 @@ def _train(args: argparse.Namespace) -> int:
     else:
         overrides = [f"{key}={getattr(args, flag)}" for flag, key in TRAIN_FLAGS.items()
                      if getattr(args, flag) is not None]
-        if args.download:
-            overrides.append("data.download=true")
-        if args.strict:
-            overrides.append("data.strict=true")
-        if args.grad_checkpointing:
-            overrides.append("train.grad_checkpointing=true")
-        if args.fsdp:
-            overrides.append("train.fsdp=true")
+        overrides += [f"{key}=true" for flag, key in SWITCHES.items() if getattr(args, flag)]
         if getattr(args, "objective", None):
             overrides.append(f"train.objective={args.objective}")
         if args.init:
@@ -134,6 +132,9 @@ def _run_flags(p: argparse.ArgumentParser, default_config: str) -> None:
                    help="recompute each block's activations in the backward pass: less memory, ~30%% more compute")
     p.add_argument("--fsdp", action="store_true",
                    help="under torchrun: shard parameters, gradients and optimizer state across processes (FSDP)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the training forward and backward (torch.compile): 1.16x faster steps for the "
+                        "MNIST model on a 2-core CPU, nothing at 224 px; the first step waits 30-60 s for the compiler")
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     p.set_defaults(default_config=default_config)
 

@@ -78,6 +78,7 @@ class TrainConfig:
     keep_head: bool = False          # with init: keep the old head when the classes match (default: new zero head)
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~30% more compute
     fsdp: bool = False               # under torchrun: shard parameters, gradients and optimizer state (FSDP)
+    compile: bool = False            # torch.compile the training forward and backward (pays on small models)
     objective: str = "classify"      # classify | mpp (masked patch prediction pre-training; labels unused)
 
 

@@ -96,7 +96,11 @@ class Trainer:
             model.set_grad_checkpointing(True)
         if t.fsdp and t.ema_decay > 0:
             raise VitkitError("train.ema_decay with train.fsdp is not supported: the EMA would need its own shards")
+        if t.fsdp and t.compile:
+            raise VitkitError("train.compile with train.fsdp is not supported: compile runs without FSDP, or DDP")
         self.net = self._wrap(self.model)
+        if t.compile:  # only the training steps: evaluation and checkpoints use the plain module
+            self.net = torch.compile(self.net)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         if self.data.stream is not None:
             from ..data.shards import ShardStream
@@ -331,6 +335,8 @@ class Trainer:
             self._say(f"{self.dist.world_size} processes ({'FSDP' if t.fsdp else 'DDP'}, "
                       f"{dist_backend()}): global batch {t.batch_size} = {self.dist.world_size} x "
                       f"{self.local_batch} per process; lr {cfg.optim.lr:g} is for the global batch")
+        if t.compile:
+            self._say("train.compile: the first step waits for torch.compile (30-60 s on a CPU)")
         previous = signal.getsignal(signal.SIGINT)
         in_main = _in_main_thread()
         if in_main:
