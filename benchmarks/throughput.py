@@ -163,7 +163,11 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     loss_fn = nn.CrossEntropyLoss()
-    net = torch.compile(model) if impl == "vitkit_compiled" else model
+    if impl == "vitkit_compiled":
+        from vitkit.models.compiled import compiled
+        net = compiled(model)
+    else:
+        net = model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .compiled import compiled
 from .resnet import ResNet
 from .vit import VisionTransformer
 
@@ -24,6 +25,4 @@ def inference_model(model: nn.Module, compile: bool = False) -> nn.Module:
     model.eval().requires_grad_(False)
     if not compile or not isinstance(model, (VisionTransformer, ResNet)):  # an onnxruntime model runs as is
         return model
-    import torch._inductor.config as inductor_config
-    inductor_config.freezing = True
-    return torch.compile(model, dynamic=False)
+    return compiled(model, freeze=True)

@@ -29,6 +29,7 @@ from ..data.transforms import mix_batch
 from ..errors import VitkitError
 from ..evaluate import Evaluation, evaluate
 from ..models import build_model, count_params, model_config
+from ..models.compiled import compiled
 from ..models.config import to_pair
 from .distributed import DistContext, agree_on, dist_backend, init_distributed, shutdown_distributed
 from .optim import EMA, build_optimizer, lr_at
@@ -100,7 +101,7 @@ class Trainer:
             raise VitkitError("train.compile with train.fsdp is not supported: compile runs without FSDP, or DDP")
         self.net = self._wrap(self.model)
         if t.compile:  # only the training steps: evaluation and checkpoints use the plain module
-            self.net = torch.compile(self.net)
+            self.net = compiled(self.net)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         if self.data.stream is not None:
             from ..data.shards import ShardStream

@@ -1,0 +1,18 @@
+"""torch.compile as vitkit runs it: `--compile` of eval/predict (frozen weights) and `train.compile`.
+
+The C++ wrapper calls the generated kernels from compiled code instead of a Python function, which is
+what a small model's step is made of: measured round-robin on 2 cores against the default Python wrapper,
+the MNIST model's inference runs 1.24x faster at batch 1 and 1.03x at batch 32, its training step
+1.05x; ViT-S/16 at batch 1 1.02x; compile time unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def compiled(module: nn.Module, freeze: bool = False) -> nn.Module:
+    """`module` compiled for fixed input shapes (a new batch size compiles once more). `freeze` treats
+    the weights as constants, which lets the compiler pre-pack them: inference only."""
+    return torch.compile(module, dynamic=False, options={"cpp_wrapper": True, "freezing": freeze})
