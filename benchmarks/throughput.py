@@ -21,7 +21,8 @@ glibc's defaults; still timed one at a time, round-robin.
 vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`), and also
 compiled (`vitkit_compiled`, the `--compile` option: for inference with frozen weights, for training
 the forward and backward as `vitkit train --compile` does; compilation happens in the warm-up,
-outside the timing).
+outside the timing), and, for inference, as the fp32 file `vitkit export --format onnx` writes, run
+by onnxruntime the way `vitkit eval`/`predict` run it (`vitkit_onnx`; needs `vitkit[onnx]`).
 
 Peers: Hugging Face transformers' ViT (SDPA and eager attention), vit-pytorch (its `vit` module is
 loaded on its own: the package's __init__ imports torchvision, which does not load beside this
@@ -59,6 +60,23 @@ MODES = {"infer_b1": (False, 1), "infer_b32": (False, 32), "train_b32": (True, 3
 def build_vitkit(name: str) -> nn.Module:
     from vitkit.models import create_model
     return create_model(name)
+
+
+def build_vitkit_onnx(name: str) -> nn.Module:
+    """The model as `vitkit export --format onnx` writes it and `vitkit eval` runs it (onnxruntime, fp32,
+    slices of the batch on concurrent one-thread sessions)."""
+    import tempfile
+
+    from vitkit.checkpoint import model_meta, save_weights
+    from vitkit.data.transforms import Preprocess
+    from vitkit.export import OnnxModel, export_onnx
+    model = build_vitkit(name)
+    c = model.cfg
+    pre = Preprocess(c.img_size, c.in_chans, (0.5,) * c.in_chans, (0.5,) * c.in_chans)
+    with tempfile.TemporaryDirectory() as d:
+        save_weights(Path(d) / "w.safetensors", model, model_meta(model, preprocess=pre.to_dict()))
+        export_onnx(Path(d) / "w.safetensors", Path(d) / "w.onnx", check=False)
+        return OnnxModel(Path(d) / "w.onnx")  # the session holds the graph: the file may go
 
 
 def build_hf(name: str, attn: str) -> nn.Module:
@@ -113,6 +131,7 @@ def build_timm(name: str) -> nn.Module:
 IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit": build_vitkit,
     "vitkit_compiled": build_vitkit,   # torch.compile (inference: with frozen weights)
+    "vitkit_onnx": build_vitkit_onnx,  # inference only: the exported fp32 file on onnxruntime
     "hf_sdpa": lambda n: build_hf(n, "sdpa"),
     "hf_eager": lambda n: build_hf(n, "eager"),
     "vit_pytorch": build_vit_pytorch,
@@ -280,7 +299,7 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
                 continue
             gflop_img = gflop_fwd * (3 if train else 1)
             kind = OwnProcess if processes else InProcess
-            cells = {i: kind(i, name, mode, threads) for i in impls}
+            cells = {i: kind(i, name, mode, threads) for i in impls if not (train and i == "vitkit_onnx")}
             per_round = []
             for r in range(rounds):
                 mm = matmul_gflops()
@@ -321,7 +340,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="mnist,ti16,s16,b16",
                     help="comma-separated: mnist, ti16, s16, b16, or registered vitkit names")
-    ap.add_argument("--impls", default="vitkit,vitkit_compiled,hf_sdpa,hf_eager,vit_pytorch,timm",
+    ap.add_argument("--impls", default="vitkit,vitkit_compiled,vitkit_onnx,hf_sdpa,hf_eager,vit_pytorch,timm",
                     help="implementations to compare (those that do not import are skipped)")
     ap.add_argument("--modes", default="infer_b1,infer_b32,train_b32", help="comma-separated subset of " + ",".join(MODES))
     ap.add_argument("--rounds", type=int, default=5, help="round-robin rounds per model and mode")
