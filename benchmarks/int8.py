@@ -46,13 +46,17 @@ def checkpoint_for(key: str, run: str | None, tmp: Path) -> Path:
         if not run:
             raise SystemExit("--checkpoint RUN_DIR (a trained MNIST run) is needed for the mnist row")
         return Path(run)
+    return random_checkpoint(NAMES.get(key, key), tmp / f"{key}.safetensors")
+
+
+def random_checkpoint(name: str, path: Path) -> Path:
+    """A checkpoint of the registered model `name` with seeded random weights (speed measurements only)."""
     torch.manual_seed(0)
-    model = create_model(NAMES.get(key, key))
+    model = create_model(name)
     torch.nn.init.normal_(model.head.weight, std=0.02)   # a zero head would make every logit equal
     c = model.cfg
     meta = model_meta(model, preprocess=Preprocess(c.img_size, c.in_chans, (0.5,) * c.in_chans,
                                                    (0.5,) * c.in_chans).to_dict())
-    path = tmp / f"{key}.safetensors"
     save_weights(path, model, meta)
     return path
 

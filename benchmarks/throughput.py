@@ -50,6 +50,7 @@ from torch import nn
 
 from vitkit.cost import vit_cost
 from vitkit.models import model_config
+from vitkit.models.compiled import compiled
 
 MODELS = {"mnist": "vit_mnist_patch7_28", "ti16": "vit_tiny_patch16_224", "s16": "vit_small_patch16_224",
           "b16": "vit_base_patch16_224"}
@@ -67,15 +68,10 @@ def build_vitkit_onnx(name: str) -> nn.Module:
     slices of the batch on concurrent one-thread sessions)."""
     import tempfile
 
-    from vitkit.checkpoint import model_meta, save_weights
-    from vitkit.data.transforms import Preprocess
+    from int8 import random_checkpoint  # benchmarks/int8.py, beside this script
     from vitkit.export import OnnxModel, export_onnx
-    model = build_vitkit(name)
-    c = model.cfg
-    pre = Preprocess(c.img_size, c.in_chans, (0.5,) * c.in_chans, (0.5,) * c.in_chans)
     with tempfile.TemporaryDirectory() as d:
-        save_weights(Path(d) / "w.safetensors", model, model_meta(model, preprocess=pre.to_dict()))
-        export_onnx(Path(d) / "w.safetensors", Path(d) / "w.onnx", check=False)
+        export_onnx(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.onnx", check=False)
         return OnnxModel(Path(d) / "w.onnx")  # the session holds the graph: the file may go
 
 
@@ -182,11 +178,7 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     loss_fn = nn.CrossEntropyLoss()
-    if impl == "vitkit_compiled":
-        from vitkit.models.compiled import compiled
-        net = compiled(model)
-    else:
-        net = model
+    net = compiled(model) if impl == "vitkit_compiled" else model
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)

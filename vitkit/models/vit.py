@@ -249,8 +249,9 @@ class VisionTransformer(nn.Module):
         z = self.pos_drop(z)
         attns = []
         last = len(self.blocks) - 1
+        last_queries = 1 if class_token_only and self.cls_token is not None and not return_attn else None
         for i, blk in enumerate(self.blocks):
-            queries = 1 if class_token_only and i == last and self.cls_token is not None and not return_attn else None
+            queries = last_queries if i == last else None
             if self.grad_checkpointing and self.training and torch.is_grad_enabled() and not return_attn:
                 z, _ = checkpoint(blk, z, grid, False, queries, use_reentrant=False)
             else:
