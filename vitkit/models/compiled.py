@@ -1,9 +1,10 @@
 """torch.compile as vitkit runs it: `--compile` of eval/predict (frozen weights) and `train.compile`.
 
 The C++ wrapper calls the generated kernels from compiled code instead of a Python function, which is
-what a small model's step is made of: measured round-robin on 2 cores against the default Python wrapper,
-the MNIST model's inference runs 1.24x faster at batch 1 and 1.03x at batch 32, its training step
-1.05x; ViT-S/16 at batch 1 1.02x; compile time unchanged.
+what a small model's step is made of: measured round-robin on 2 cores against the default Python wrapper
+(benchmarks/variants.py --study wrapper),
+the MNIST model's inference runs 1.25x faster at batch 1 and 1.04x at batch 32, its training step
+1.06x; ViT-S/16 at batch 1 1.01x; compile time unchanged.
 """
 
 from __future__ import annotations
