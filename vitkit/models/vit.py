@@ -53,7 +53,7 @@ class PatchEmbed(nn.Module):
 # kernel's per-call cost dominates short sequences. Inference: the fused kernel is 1.2-1.7x slower at
 # 17-101 tokens, batch 32 (benchmarks/throughput.py). Training, whose products must also keep the
 # T x T probabilities for the backward: whole steps 4-8% faster at 17-50 tokens, even at 65, slower
-# beyond (0.99x at 197; benchmarks/variants.py --study attention), so the fused kernel takes over earlier.
+# beyond (0.91-0.99x at 197; benchmarks/variants.py --study attention), so the fused kernel takes over earlier.
 EXPLICIT_ATTENTION_MAX_TOKENS = 128
 EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN = 64
 
