@@ -38,6 +38,8 @@ from vitkit.models import create_model
 from vitkit.models.inference import inference_model
 from vitkit.runtime import tune_allocator
 
+from throughput import cpu_description
+
 NAMES = {"s16": "vit_small_patch16_224", "b16": "vit_base_patch16_224", "ti16": "vit_tiny_patch16_224"}
 
 
@@ -62,7 +64,7 @@ def random_checkpoint(name: str, path: Path) -> Path:
 
 
 def torchao_static_int8(model: torch.nn.Module, x: torch.Tensor, calibration: list[torch.Tensor]):
-    """PT2E static int8 for x86 (oneDNN VNNI kernels, quantise/dequantise fused by the compiler)."""
+    """PT2E static int8 for x86 (oneDNN int8 kernels, quantise/dequantise fused by the compiler)."""
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
@@ -190,7 +192,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "cpu": cpu_description(),
+                               "rows": rows}, indent=2))
     compared = ("onnx_fp32", "onnx_int8", "onnx_int8_whole", "onnx_int8_unfused", "torch_dynamic_int8")
     print("| model | vitkit fp32 img/s | onnx fp32 | onnx int8 (vitkit: fused attention, batch split) | "
           "int8, whole batch | int8, unfused | torch dynamic int8 | test acc fp32 -> int8 |")

@@ -57,6 +57,16 @@ MODELS = {"mnist": "vit_mnist_patch7_28", "ti16": "vit_tiny_patch16_224", "s16":
 MODES = {"infer_b1": (False, 1), "infer_b32": (False, 32), "train_b32": (True, 32)}
 
 
+def cpu_description() -> str:
+    """Model name and the SIMD flags that matter for int8 (a virtual machine shows what its host lets through)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    simd = [f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f]
+    return f"{name}; SIMD: {' '.join(sorted(simd)) or 'none listed'}; torch sees {torch.backends.cpu.get_cpu_capability()}"
+
+
+
 # --- the implementations -------------------------------------------------------------------------
 def build_vitkit(name: str) -> nn.Module:
     from vitkit.models import create_model
@@ -374,7 +384,7 @@ def main() -> None:
                 r["peak_mb"] = peak_memory_mb(r["impl"], r["model"], r["mode"], args.threads)
     if not args.memory_only:
         result = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "torch": torch.__version__,
-                  "cpu_count": os.cpu_count(), "rounds": args.rounds, "command": " ".join(sys.argv),
+                  "cpu_count": os.cpu_count(), "cpu": cpu_description(), "rounds": args.rounds, "command": " ".join(sys.argv),
                   "processes": args.processes, "allocator": "per library" if args.processes else args.allocator}
     result["rows"] = rows
     out = Path(args.out)

@@ -1,5 +1,5 @@
 """Deployment files: ONNX with a dynamic batch dimension, checked against PyTorch with onnxruntime, and
-its int8 variant (dynamic quantisation of the matrix-multiply weights, onnxruntime's VNNI kernels).
+its int8 variant (dynamic quantisation of the matrix-multiply weights, onnxruntime's int8 kernels).
 
 Both carry the checkpoint's metadata (model config, preprocessing, classes) in the ONNX file's
 metadata, so `vitkit eval` and `vitkit predict` run them like any checkpoint.
