@@ -91,3 +91,24 @@ def test_int8_fused_attention_is_as_accurate_as_plain_int8(tmp_path):
     with pytest.raises(Exception, match="fuse='fast'"):
         export_int8(tmp_path / "w.safetensors", tmp_path / "bad.onnx", fuse="fast")
     assert not (tmp_path / "bad.onnx").exists()
+
+
+@pytest.mark.parametrize("fuse", ["attention", "none"])
+def test_int8_file_multiplies_every_weight_in_int8(tmp_path, fuse):
+    """The class-token-only last block slices W_q and W_k,W_v out of the fused qkv weight: the slices must
+    be constants in the file, or the quantiser leaves those products in fp32 and slices the weight on every run."""
+    import onnx
+
+    from vitkit.export import export_int8
+    model = create_model("vit_digits_patch4_8", img_size=16)
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model))
+    export_int8(tmp_path / "w.safetensors", tmp_path / "q.onnx", fuse=fuse, check=False)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    constant = {t.name for t in graph.initializer}  # and, in graph order, whatever is computed from constants only
+    for n in graph.node:
+        if all(i in constant or not i for i in n.input):
+            constant.update(n.output)
+    fp32_products = [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & constant]
+    assert fp32_products == []
+    weights = {t.name for t in graph.initializer if len(t.dims) == 2}
+    assert not [n.name for n in graph.node if n.op_type == "Slice" and n.input[0] in weights]

@@ -86,9 +86,10 @@ class Attention(nn.Module):
                 q = q[:, :, :queries]
         else:
             w, wb = self.qkv.weight, self.qkv.bias  # rows: W_q, W_k, W_v
-            q = F.linear(x[:, :queries], w[:d], None if wb is None else wb[:d])
+            e = self.qkv.in_features  # = d, but a constant when traced: exported files keep the slices folded
+            q = F.linear(x[:, :queries], w[:e], None if wb is None else wb[:e])
             q = q.view(b, queries, self.num_heads, self.head_dim).transpose(1, 2)
-            k, v = F.linear(x, w[d:], None if wb is None else wb[d:]).view(
+            k, v = F.linear(x, w[e:], None if wb is None else wb[e:]).view(
                 b, t, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
         bias = self.rel_pos(grid).to(q.dtype) if self.rel_pos is not None else None
         if bias is not None and queries is not None:
