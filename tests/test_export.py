@@ -112,3 +112,59 @@ def test_int8_file_multiplies_every_weight_in_int8(tmp_path, fuse):
     assert fp32_products == []
     weights = {t.name for t in graph.initializer if len(t.dims) == 2}
     assert not [n.name for n in graph.node if n.op_type == "Slice" and n.input[0] in weights]
+
+
+@pytest.mark.parametrize("kw", [{}, {"global_pool": "avg", "pos_embed": "learn2d"}, {"pos_embed": "sincos"},
+                                {"pos_embed": "none"}, {"resample": "official"}])
+def test_dynamic_size_file_runs_any_grid_like_pytorch(tmp_path, kw):
+    """`--dynamic-size`: one file for any height and width, the position table resampled in 2D inside it
+    exactly as the PyTorch model resamples it (fine-tuning at a higher resolution, section 3.2)."""
+    import onnx
+    torch.manual_seed(0)
+    model = create_model("vit_digits_patch4_8", img_size=16, **kw)
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model))
+    r = export_onnx(tmp_path / "w.safetensors", tmp_path / "m.onnx", dynamic_size=True)
+    assert r["input"] == ["batch", 1, "height", "width"] and r["max_abs_diff"] <= 1e-4
+    assert r["checked_sizes"] == [(16, 16), (28, 20)]
+    dims = onnx.load(str(tmp_path / "m.onnx")).graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param or d.dim_value for d in dims] == ["batch", 1, "height", "width"]
+    model.eval()
+    for batch, h, w in ((1, 16, 16), (2, 8, 12), (3, 32, 24), (2, 4, 40)):
+        assert onnx_max_abs_diff(model, tmp_path / "m.onnx", torch.randn(batch, 1, h, w)) <= 1e-4, (h, w)
+
+
+def test_dynamic_size_int8_file_runs_another_grid(tmp_path):
+    import onnxruntime as ort
+
+    from vitkit.export import export_int8
+    torch.manual_seed(0)
+    model = create_model("vit_digits_patch4_8", img_size=16)
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model))
+    fixed = export_int8(tmp_path / "w.safetensors", tmp_path / "fixed.onnx")
+    r = export_int8(tmp_path / "w.safetensors", tmp_path / "q.onnx", dynamic_size=True)
+    assert r["input"] == ["batch", 1, "height", "width"] and r["checked_sizes"] == [(16, 16), (28, 20)]
+    assert r["max_abs_diff"] <= 2 * fixed["max_abs_diff"] + 1e-3  # int8 error, not a resampling error
+    x = torch.randn(4, 1, 24, 32)
+    got = ort.InferenceSession(str(tmp_path / "q.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x.numpy()})[0]
+    with torch.inference_mode():
+        want = model.eval()(x)
+    assert got.shape == (4, model.num_classes)
+    assert float((torch.from_numpy(got) - want).abs().max()) <= 2 * fixed["max_abs_diff"] + 1e-3
+
+
+@pytest.mark.parametrize("name, kw, reason", [
+    ("vit_digits_patch4_8", {"pos_embed": "rel"}, "relative-position bias"),
+    ("vit_digits_patch4_8", {"resample_antialias": True}, "antialiased"),
+    ("vit_mnist_r_28", {}, "hybrid"),
+])
+def test_dynamic_size_refuses_models_whose_graph_fixes_the_size(tmp_path, name, kw, reason):
+    model = create_model(name, **kw)
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model))
+    with pytest.raises(Exception, match=f"--dynamic-size: not for this model: .*{reason}"):
+        export_onnx(tmp_path / "w.safetensors", tmp_path / "m.onnx", dynamic_size=True)
+    assert not (tmp_path / "m.onnx").exists()
+    assert main(["export", "--checkpoint", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "m.onnx"),
+                 "--dynamic-size"]) == 2

@@ -242,10 +242,12 @@ def _export(args: argparse.Namespace) -> None:
 
     check = not args.no_check
     if args.format == "onnx":
-        r = export_onnx(args.checkpoint, args.out, args.opset, check=check)
+        r = export_onnx(args.checkpoint, args.out, args.opset, check=check, dynamic_size=args.dynamic_size)
     else:
-        r = export_int8(args.checkpoint, args.out, args.opset, check=check, fuse=args.fuse)
-    diff = f"; onnxruntime vs PyTorch max |diff| {r['max_abs_diff']:.2e}" if "max_abs_diff" in r else ""
+        r = export_int8(args.checkpoint, args.out, args.opset, check=check, fuse=args.fuse,
+                        dynamic_size=args.dynamic_size)
+    sizes = ", ".join(f"{h}x{w}" for h, w in r.get("checked_sizes", []))
+    diff = f"; onnxruntime vs PyTorch max |diff| {r['max_abs_diff']:.2e} at {sizes}" if "max_abs_diff" in r else ""
     if "top1_agreement" in r:
         diff += f", top-1 agreement {100 * r['top1_agreement']:.1f}% on random input"
     print(f"wrote {r['path']} (input {'x'.join(str(v) for v in r['input'])}, opset {r['opset']}){diff}")
@@ -416,7 +418,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a deployment file (ONNX, fp32 or int8) and check it against PyTorch",
                        description="Export a checkpoint (any weights format vitkit reads) to ONNX with a dynamic "
-                                   "batch dimension at the checkpoint's image size, then run it in onnxruntime "
+                                   "batch dimension at the checkpoint's image size (any size with --dynamic-size), "
+                                   "then run it in onnxruntime "
                                    "and compare the logits with PyTorch's (onnx: fails above 1e-4). The file "
                                    "carries the preprocessing and classes: `vitkit eval/predict --checkpoint "
                                    "FILE.onnx` run it.")
@@ -427,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    p.add_argument("--dynamic-size", action="store_true",
+                   help="free height and width too (multiples of the patch size; the position table is "
+                        "resampled in 2D inside the file); checked at the checkpoint's size and a larger one. "
+                        "Not for relative-position, hybrid or antialiased-resampling models")
     p.add_argument("--fuse", default="attention", choices=["attention", "none"],
                    help="int8 only: attention (default, faster here) = onnxruntime's fused int8 attention "
                         "kernel (QAttention); none = plain ONNX operators")

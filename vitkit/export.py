@@ -1,5 +1,6 @@
-"""Deployment files: ONNX with a dynamic batch dimension, checked against PyTorch with onnxruntime, and
-its int8 variant (dynamic quantisation of the matrix-multiply weights, onnxruntime's int8 kernels).
+"""Deployment files: ONNX with a dynamic batch dimension (and, on request, dynamic height and width),
+checked against PyTorch with onnxruntime, and its int8 variant (dynamic quantisation of the
+matrix-multiply weights, onnxruntime's int8 kernels).
 
 Both carry the checkpoint's metadata (model config, preprocessing, classes) in the ONNX file's
 metadata, so `vitkit eval` and `vitkit predict` run them like any checkpoint.
@@ -37,14 +38,29 @@ def _onnxruntime():
     return onnxruntime
 
 
-def _write_onnx(model: nn.Module, meta: dict[str, Any], path: str, opset: int) -> None:
+def _check_dynamic_size(model: nn.Module) -> None:
+    """Height and width can stay free in the file only where the graph recomputes everything size-bound
+    from the input: the 2D resampling of the position table does; these do not."""
+    cfg = model.cfg
+    reason = ("the relative-position bias indexes its table with offsets fixed at export" if cfg.pos_embed == "rel"
+              else "the hybrid's ResNet pads its convolutions for the export size" if cfg.resnet_layers is not None
+              else "ONNX has no antialiased bicubic resampling (resample_antialias=True)" if cfg.resample_antialias
+              else None)
+    if reason:
+        raise VitkitError(f"--dynamic-size: not for this model: {reason}; export at its fixed size instead")
+
+
+def _write_onnx(model: nn.Module, meta: dict[str, Any], path: str, opset: int, dynamic_size: bool = False) -> None:
     import onnx
     h, w = model.cfg.img_size
+    axes = {0: "batch"}
+    if dynamic_size:  # traced at twice the size, so the graph holds the position-table resampling for any grid
+        h, w, axes = 2 * h, 2 * w, {0: "batch", 2: "height", 3: "width"}
     x = torch.randn(2, model.cfg.in_chans, h, w)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about the (constant) grid size
         torch.onnx.export(model, (x,), path, input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          dynamic_axes={"images": axes, "logits": {0: "batch"}},
                           opset_version=opset, dynamo=False)
     proto = onnx.load(path)
     entry = proto.metadata_props.add()
@@ -92,48 +108,57 @@ def _onnxruntime_attention(model: nn.Module) -> Iterator[None]:
             del m.forward
 
 
-def _load_source(checkpoint: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def _load_source(checkpoint: str | Path, dynamic_size: bool) -> tuple[nn.Module, dict[str, Any]]:
     if str(checkpoint).endswith(".onnx"):
         raise VitkitError(f"{checkpoint} is already an exported file; export from the checkpoint it came from")
-    return load_checkpoint(checkpoint)
+    model, meta = load_checkpoint(checkpoint)
+    if dynamic_size:
+        _check_dynamic_size(model)
+    return model, meta
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check: bool = True) -> dict:
-    """Write `out` (.onnx) for batches of any size at the checkpoint's image size (the position-embedding
-    resampling is traced at that size), then compare onnxruntime's logits with PyTorch's."""
-    model, meta = _load_source(checkpoint)
+def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check: bool = True,
+                dynamic_size: bool = False) -> dict:
+    """Write `out` (.onnx) for batches of any size at the checkpoint's image size or, with `dynamic_size`,
+    at any height and width that are multiples of the patch size; then compare onnxruntime's logits with
+    PyTorch's (for a dynamic size, at the checkpoint's size and at a larger, non-square one)."""
+    model, meta = _load_source(checkpoint, dynamic_size)
     out = Path(out)
-    atomic_write(out, lambda tmp: _write_onnx(model, meta, tmp, opset))
-    result = _describe(model, out, opset)
+    meta = {**meta, "dynamic_size": dynamic_size}
+    atomic_write(out, lambda tmp: _write_onnx(model, meta, tmp, opset, dynamic_size))
+    result = _describe(model, out, opset, dynamic_size)
     if check:
-        result["max_abs_diff"] = onnx_max_abs_diff(model, out, _probe(model))
+        sizes = _check_sizes(model, dynamic_size)
+        result["max_abs_diff"] = max(onnx_max_abs_diff(model, out, _probe(model, size=size)) for size in sizes)
+        result["checked_sizes"] = sizes
         if result["max_abs_diff"] > 1e-4:
             raise VitkitError(f"{out}: onnxruntime differs from PyTorch by {result['max_abs_diff']:.2e} (> 1e-4)")
     return result
 
 
 def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 17, check: bool = True,
-                fuse: str = "attention") -> dict:
+                fuse: str = "attention", dynamic_size: bool = False) -> dict:
     """Write `out` (.onnx) with int8 weights for every matrix multiply (per output channel) and int8
     activations quantised on the fly; normalisation, softmax and the patch convolution stay fp32.
     `fuse="attention"` makes each self-attention onnxruntime's fused `QAttention` (1.1-1.2x faster than
     plain operators in benchmarks/int8.py). The check reports the largest logit difference and top-1
-    agreement with PyTorch on random input."""
+    agreement with PyTorch on random input. `dynamic_size` as for `export_onnx`."""
     if fuse not in FUSIONS:
         raise VitkitError(f"int8 fuse={fuse!r}: choose one of {', '.join(FUSIONS)}")
     ort = _onnxruntime()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    model, meta = _load_source(checkpoint)
+    model, meta = _load_source(checkpoint, dynamic_size)
     out = Path(out)
-    meta = {**meta, "quantization": f"dynamic int8 (onnxruntime), per-channel weights, fuse={fuse}"}
+    meta = {**meta, "quantization": f"dynamic int8 (onnxruntime), per-channel weights, fuse={fuse}",
+            "dynamic_size": dynamic_size}
 
     def write(tmp: str) -> None:
         with tempfile.TemporaryDirectory() as d:
             fp32 = os.path.join(d, "fp32.onnx")
             with _onnxruntime_attention(model) if fuse != "none" else contextlib.nullcontext():
-                _write_onnx(model, meta, fp32, opset)
+                _write_onnx(model, meta, fp32, opset, dynamic_size)
             root = logging.getLogger()
             level = root.level
             root.setLevel(logging.ERROR)  # quiets its advice to pre-process the graph
@@ -150,24 +175,38 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
             onnx.save(proto, tmp)
 
     atomic_write(out, write)
-    result = _describe(model, out, opset)
+    result = _describe(model, out, opset, dynamic_size)
     if check:
-        x = _probe(model, 16)
         session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-        with torch.inference_mode():
-            want = model(x)
+        got, want = [], []
+        for size in _check_sizes(model, dynamic_size):
+            x = _probe(model, 16, size)
+            got.append(torch.from_numpy(session.run(None, {"images": x.numpy()})[0]))
+            with torch.inference_mode():
+                want.append(model(x))
+        got, want = torch.cat(got), torch.cat(want)
         result["max_abs_diff"] = float((got - want).abs().max())
         result["top1_agreement"] = float((got.argmax(-1) == want.argmax(-1)).float().mean())
+        result["checked_sizes"] = _check_sizes(model, dynamic_size)
     return result
 
 
-def _probe(model: nn.Module, batch: int = 3) -> torch.Tensor:
-    return torch.randn(batch, model.cfg.in_chans, *model.cfg.img_size)
+def _check_sizes(model: nn.Module, dynamic_size: bool) -> list[tuple[int, int]]:
+    """The checkpoint's image size and, for a dynamic-size file, one with a larger grid of another shape."""
+    h, w = model.cfg.img_size
+    if not dynamic_size:
+        return [(h, w)]
+    gh, gw = model.cfg.grid_size()
+    return [(h, w), (h // gh * (gh + 3), w // gw * (gw + 1))]
 
 
-def _describe(model: nn.Module, out: Path, opset: int) -> dict:
-    return {"path": str(out), "input": ["batch", model.cfg.in_chans, *model.cfg.img_size], "opset": opset}
+def _probe(model: nn.Module, batch: int = 3, size: tuple[int, int] | None = None) -> torch.Tensor:
+    return torch.randn(batch, model.cfg.in_chans, *(size or model.cfg.img_size))
+
+
+def _describe(model: nn.Module, out: Path, opset: int, dynamic_size: bool = False) -> dict:
+    size = ["height", "width"] if dynamic_size else list(model.cfg.img_size)
+    return {"path": str(out), "input": ["batch", model.cfg.in_chans, *size], "opset": opset}
 
 
 def onnx_max_abs_diff(model: nn.Module, path: Path, x: torch.Tensor) -> float:
