@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import tempfile
-from pathlib import Path
-
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -95,8 +94,9 @@ def main() -> None:
     print(f"CPU: {cpu_description()}")
     for threads in sorted({1, args.threads}):
         p = matmul_peaks(threads)
-        print(f"onnxruntime 1024^3, {threads} thread(s): fp32 {p['fp32_gmac_s']:.1f} GMAC/s, int8 {p['int8_gmac_s']:.1f} "
-              f"GMAC/s: int8 {p['ratio_median']:.2f}x fp32 ({p['ratio_min']:.2f}-{p['ratio_max']:.2f}, 5 rounds)")
+        print(f"onnxruntime 1024^3, {threads} thread(s): fp32 {p['fp32_gmac_s']:.1f} GMAC/s, "
+              f"int8 {p['int8_gmac_s']:.1f} GMAC/s: int8 {p['ratio_median']:.2f}x fp32 "
+              f"({p['ratio_min']:.2f}-{p['ratio_max']:.2f}, 5 rounds)")
     tmp = Path(tempfile.mkdtemp())
     for key in args.models.split(","):
         path = tmp / f"{key}.int8.onnx"

@@ -63,8 +63,8 @@ def cpu_description() -> str:
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
     flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
     simd = [f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f]
-    return f"{name}; SIMD: {' '.join(sorted(simd)) or 'none listed'}; torch sees {torch.backends.cpu.get_cpu_capability()}"
-
+    capability = torch.backends.cpu.get_cpu_capability()
+    return f"{name}; SIMD: {' '.join(sorted(simd)) or 'none listed'}; torch sees {capability}"
 
 
 # --- the implementations -------------------------------------------------------------------------
@@ -384,7 +384,8 @@ def main() -> None:
                 r["peak_mb"] = peak_memory_mb(r["impl"], r["model"], r["mode"], args.threads)
     if not args.memory_only:
         result = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "torch": torch.__version__,
-                  "cpu_count": os.cpu_count(), "cpu": cpu_description(), "rounds": args.rounds, "command": " ".join(sys.argv),
+                  "cpu_count": os.cpu_count(), "cpu": cpu_description(), "rounds": args.rounds,
+                  "command": " ".join(sys.argv),
                   "processes": args.processes, "allocator": "per library" if args.processes else args.allocator}
     result["rows"] = rows
     out = Path(args.out)
