@@ -6,8 +6,9 @@ speed choices the README lists as kept.
     python benchmarks/variants.py --study wrapper --models mnist --modes infer_b1,infer_b32,train_b32 --rounds 8
 
 Studies (the second variant's speed over the first's, per round; median and range printed):
-- `attention`: a training step (batch 32, forward + backward + AdamW) with the fused attention kernel
-  against plain matrix products (vitkit's choice up to EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN tokens);
+- `attention`: the fused attention kernel against plain matrix products, in a training step (batch 32,
+  forward + backward + AdamW; vitkit's choice up to EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN tokens) or in
+  inference (up to EXPLICIT_ATTENTION_MAX_TOKENS);
 - `train_compile`: the training step eager against `train.compile`;
 - `wrapper`: compiled code calling its kernels from Python against inductor's C++ wrapper (vitkit's).
 `--img-size` changes the token count (e.g. `--models s16 --img-size 112` for 50 tokens).
@@ -38,7 +39,8 @@ def plain(model: nn.Module, inference: bool) -> tuple[nn.Module, Callable[[], No
 
 def attention_limit(tokens: int) -> Variant:
     def variant(model: nn.Module, inference: bool):
-        return model, lambda: setattr(vit, "EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN", tokens)
+        limit = "EXPLICIT_ATTENTION_MAX_TOKENS" if inference else "EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN"
+        return model, lambda: setattr(vit, limit, tokens)
     return variant
 
 
@@ -101,8 +103,6 @@ def main() -> None:
     for key in args.models.split(","):
         name = MODELS.get(key, key)
         for mode in args.modes.split(","):
-            if args.study == "attention" and not MODES[mode][0]:
-                raise SystemExit("--study attention compares training steps: use --modes train_b32")
             cells = [make_cell(name, args.img_size, mode, v) for v in (v1, v2)]
             ratios, speeds = [], []
             for r in range(args.rounds):
