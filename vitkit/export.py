@@ -43,7 +43,6 @@ def _check_dynamic_size(model: nn.Module) -> None:
     from the input: the 2D resampling of the position table does; these do not."""
     cfg = model.cfg
     reason = ("the relative-position bias indexes its table with offsets fixed at export" if cfg.pos_embed == "rel"
-              else "the hybrid's ResNet pads its convolutions for the export size" if cfg.resnet_layers is not None
               else "ONNX has no antialiased bicubic resampling (resample_antialias=True)" if cfg.resample_antialias
               else None)
     if reason:

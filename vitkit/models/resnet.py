@@ -18,8 +18,9 @@ from .config import ResNetConfig, resnet_stride
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """TensorFlow's "SAME": output ceil(size / stride), the extra pixel of odd padding at the end."""
-    total = max((math.ceil(size / stride) - 1) * stride + kernel - size, 0)
+    """TensorFlow's "SAME": output ceil(size / stride), the extra pixel of odd padding at the end.
+    Integer arithmetic only, so that a traced (ONNX) graph keeps computing it from the input's size."""
+    total = max(((size + stride - 1) // stride - 1) * stride + kernel - size, 0)
     return total // 2, total - total // 2
 
 
