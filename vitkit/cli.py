@@ -433,7 +433,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dynamic-size", action="store_true",
                    help="free height and width too (multiples of the patch size; the position table is "
                         "resampled in 2D inside the file); checked at the checkpoint's size and a larger one. "
-                        "Not for relative-position or antialiased-resampling models")
+                        "Not for models resampled with antialiasing")
     p.add_argument("--fuse", default="attention", choices=["attention", "none"],
                    help="int8 only: attention (default, faster here) = onnxruntime's fused int8 attention "
                         "kernel (QAttention); none = plain ONNX operators")

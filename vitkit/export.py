@@ -40,13 +40,11 @@ def _onnxruntime():
 
 def _check_dynamic_size(model: nn.Module) -> None:
     """Height and width can stay free in the file only where the graph recomputes everything size-bound
-    from the input: the 2D resampling of the position table does; these do not."""
-    cfg = model.cfg
-    reason = ("the relative-position bias indexes its table with offsets fixed at export" if cfg.pos_embed == "rel"
-              else "ONNX has no antialiased bicubic resampling (resample_antialias=True)" if cfg.resample_antialias
-              else None)
-    if reason:
-        raise VitkitError(f"--dynamic-size: not for this model: {reason}; export at its fixed size instead")
+    from the input (position tables, relative-position offsets, "SAME" padding all do); ONNX has no
+    antialiased resampling to recompute the tables with."""
+    if model.cfg.resample_antialias:
+        raise VitkitError("--dynamic-size: not for this model: ONNX has no antialiased bicubic resampling "
+                          "(resample_antialias=True); export at its fixed size instead")
 
 
 def _write_onnx(model: nn.Module, meta: dict[str, Any], path: str, opset: int, dynamic_size: bool = False) -> None:

@@ -117,9 +117,7 @@ class RelativePositionBias(nn.Module):
         if self.prefix is None:
             return bias
         heads, n = bias.shape[0], bias.shape[-1]
-        full = bias.new_zeros(heads, n + 1, n + 1)
-        full[:, 1:, 1:] = bias
-        full[:, 0, 1:] = self.prefix[:, 0:1]
-        full[:, 1:, 0] = self.prefix[:, 1:2]
-        full[:, 0, 0] = self.prefix[:, 2]
-        return full
+        class_to_patch, patch_to_class, class_to_class = self.prefix.view(heads, 3, 1, 1).unbind(1)
+        first_row = torch.cat([class_to_class, class_to_patch.expand(heads, 1, n)], dim=2)
+        rows = torch.cat([patch_to_class.expand(heads, n, 1), bias], dim=2)
+        return torch.cat([first_row, rows], dim=1)  # built by concatenation: a traced graph keeps n free
