@@ -176,3 +176,23 @@ def test_dynamic_size_refuses_antialiased_resampling(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
     assert main(["export", "--checkpoint", str(tmp_path / "w.safetensors"), "--out", str(tmp_path / "m.onnx"),
                  "--dynamic-size"]) == 2
+
+
+def test_export_reports_the_accuracy_the_file_costs(tmp_path, capsys):
+    """`--data`: the checkpoint and the written file evaluated on the same real images, side by side."""
+    import re
+
+    from vitkit.evaluate import evaluate_checkpoint
+    from vitkit.data.transforms import Preprocess
+    torch.manual_seed(0)
+    model = create_model("vit_digits_patch4_8")
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    pre = Preprocess((8, 8), 1, (0.5,), (0.5,)).to_dict()
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model, preprocess=pre))
+    assert main(["export", "--checkpoint", str(tmp_path / "w.safetensors"), "--format", "int8",
+                 "--out", str(tmp_path / "q.onnx"), "--data", "digits"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    got = re.fullmatch(r"digits \[test\] top-1: checkpoint ([\d.]+)% -> q\.onnx ([\d.]+)% \(([+-][\d.]+) points\)", line)
+    assert got, line
+    want = [100 * evaluate_checkpoint(p, "digits")["top1"] for p in (tmp_path / "w.safetensors", tmp_path / "q.onnx")]
+    assert [float(got[1]), float(got[2])] == [round(w, 2) for w in want]

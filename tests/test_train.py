@@ -306,7 +306,13 @@ def test_existing_run_dir_is_not_overwritten(trained_run):
 
 
 def test_cli_errors_are_one_line(tmp_path):
+    from vitkit.checkpoint import model_meta, save_weights
+    from vitkit.models import create_model
+    bare = create_model("vit_digits_patch4_8")
+    save_weights(tmp_path / "bare.safetensors", bare, model_meta(bare))  # weights and config, no preprocessing
     for args, needle in ((["train", "--data", f"mnist:{tmp_path}/none"], "does not exist"),
+                         (["eval", "--checkpoint", str(tmp_path / "bare.safetensors"), "--data", "digits"],
+                          "records no preprocessing"),
                          (["train", "--set", "optim.lr=abc"], "optim.lr: expected a number"),
                          (["eval", "--checkpoint", str(tmp_path), "--data", "digits"], "holds no weights"),
                          (["train", "--model", "vit_nope"], "unknown model 'vit_nope'")):

@@ -251,6 +251,12 @@ def _export(args: argparse.Namespace) -> None:
     if "top1_agreement" in r:
         diff += f", top-1 agreement {100 * r['top1_agreement']:.1f}% on random input"
     print(f"wrote {r['path']} (input {'x'.join(str(v) for v in r['input'])}, opset {r['opset']}){diff}")
+    if args.data:  # what the file costs in accuracy, on real images with the checkpoint's own preprocessing
+        from .evaluate import evaluate_checkpoint
+        before = evaluate_checkpoint(args.checkpoint, args.data, args.split)["top1"]
+        after = evaluate_checkpoint(args.out, args.data, args.split)["top1"]
+        print(f"{args.data} [{args.split}] top-1: checkpoint {100 * before:.2f}% -> {Path(args.out).name} "
+              f"{100 * after:.2f}% ({100 * (after - before):+.2f} points)")
 
 
 def _data_pack(args: argparse.Namespace) -> None:
@@ -434,6 +440,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="free height and width too (multiples of the patch size; the position table is "
                         "resampled in 2D inside the file); checked at the checkpoint's size and a larger one. "
                         "Not for models resampled with antialiasing")
+    p.add_argument("--data", metavar="SPEC",
+                   help="also evaluate the checkpoint and the written file on this data (as `vitkit eval`) and "
+                        "print both top-1 accuracies: what the export costs, int8 above all")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split for --data (default test)")
     p.add_argument("--fuse", default="attention", choices=["attention", "none"],
                    help="int8 only: attention (default, faster here) = onnxruntime's fused int8 attention "
                         "kernel (QAttention); none = plain ONNX operators")

@@ -34,9 +34,7 @@ def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, ba
         raise VitkitError(f"top-k must be at least 1, got {top_k}")
     model, meta = load_checkpoint(checkpoint, device)
     model = inference_model(model, compile)
-    if "preprocess" not in meta:
-        raise VitkitError(f"{checkpoint} records no preprocessing; cannot prepare images for it")
-    pre = Preprocess.from_dict(meta["preprocess"])
+    pre = Preprocess.stored_in(meta, checkpoint)
     classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
     results: list[Prediction] = []
     ready: list[tuple[int, torch.Tensor]] = []

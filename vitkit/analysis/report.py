@@ -25,9 +25,7 @@ from .embeddings import embedding_filters_pca, neighbour_contrast, position_simi
 def _load(checkpoint: str | Path, device: str):
     model, meta = load_checkpoint(checkpoint, device)
     _require_attention(model)
-    if "preprocess" not in meta:
-        raise VitkitError(f"{checkpoint} records no preprocessing")
-    return model, meta, Preprocess.from_dict(meta["preprocess"])
+    return model, meta, Preprocess.stored_in(meta, checkpoint)
 
 
 def explain(checkpoint: str | Path, images: list[str | Path], out: str | Path, top_k: int = 5,

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import VitkitError
+
 
 @dataclass
 class Preprocess:
@@ -31,6 +33,14 @@ class Preprocess:
     def from_dict(cls, d: dict) -> "Preprocess":
         return cls(tuple(d["img_size"]), int(d["in_chans"]), tuple(d["mean"]), tuple(d["std"]),
                    d.get("interpolation", "bilinear"), float(d.get("crop_pct", 1.0)))
+
+    @classmethod
+    def stored_in(cls, meta: dict, checkpoint: object) -> "Preprocess":
+        """The preprocessing a checkpoint carries; without it, images cannot be prepared as in training."""
+        if "preprocess" not in meta:
+            raise VitkitError(f"{checkpoint} records no preprocessing (input size, mean, std), so images cannot be "
+                              "prepared for it; save it with model_meta(model, preprocess=...) or use its run folder")
+        return cls.from_dict(meta["preprocess"])
 
     def normalize(self, x: Tensor) -> Tensor:
         mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)

@@ -24,7 +24,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str = "test", 
         raise VitkitError(f"unknown split '{split}' (train, val, test)")
     model, meta = load_checkpoint(checkpoint, device)
     model = inference_model(model, compile)
-    pre = Preprocess.from_dict(meta["preprocess"])
+    pre = Preprocess.stored_in(meta, checkpoint)
     bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, seed)
     classes = meta.get("classes") or bundle.classes
     if list(classes) != list(bundle.classes):
