@@ -135,6 +135,32 @@ def test_interrupted_and_resumed_run_ends_with_same_weights(tmp_path, workers):
     assert resumed["test_acc"] == full["test_acc"]
 
 
+def test_killed_while_writing_the_best_weights_resumes_to_a_complete_run(tmp_path, monkeypatch):
+    """A kill at the end of the last epoch, as best.safetensors is written: the saved state must not yet say
+    that epoch ended, or the resumed run would finish at once and find no best weights for its test."""
+    import vitkit.train.loop as loop
+
+    class Killed(BaseException):
+        pass
+
+    write = loop.save_weights
+
+    def killed_at_best(path, *args, **kwargs):
+        if path.name == "best.safetensors":
+            raise Killed
+        return write(path, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "save_weights", killed_at_best)
+    with pytest.raises(Killed):
+        train(quick_cfg(tmp_path / "run", "train.epochs=1", "train.checkpoint_every=1"), progress=False)
+    monkeypatch.setattr(loop, "save_weights", write)
+    resumed = train(resume=tmp_path / "run", progress=False)
+    assert resumed["status"] == "completed" and resumed["epochs"] == 1
+    assert (tmp_path / "run" / "checkpoints" / "best.safetensors").is_file() and "test_acc" in resumed
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records if r.get("kind") == "epoch"] == [1]  # the repeated epoch end, logged once
+
+
 @pytest.mark.slow
 def test_compiled_training_follows_the_eager_run(tmp_path):
     """train.compile changes the speed, not the run: the same losses step by step, the same weights up to

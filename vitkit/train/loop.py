@@ -483,16 +483,17 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         self.running = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
-        improved = (ev.top1, -ev.loss) > (self.best_acc, -self.best_loss)  # ties go to the lower val loss
-        if improved:
+        # ties go to the lower val loss
+        if (ev.top1, -ev.loss) > (self.best_acc, -self.best_loss):
             self.best_acc, self.best_loss, self.best_step = ev.top1, ev.loss, self.step
-        self.save_last()
-        if improved:
             model = self._published(self.eval_model())
             if self.dist.is_main:
                 save_weights(self.ckpt_dir / "best.safetensors", model,
                              model_meta(self.model, step=self.step, epoch=self.epoch, val_acc=ev.top1, **self.meta))
             self.dist.barrier()
+        # Only now does the saved state say the epoch ended: a kill between the two writes repeats the epoch's
+        # end instead of resuming with a best score whose weights were never written.
+        self.save_last()
 
     def _finish(self, log: MetricsLog, status: str, wall: float, train_time: float, loader_rate: float) -> dict:
         records = log.read()
