@@ -16,6 +16,7 @@ from vitkit import VitkitError
 from vitkit.config import AugConfig, DataConfig
 from vitkit.data import sources
 from vitkit.data.datasets import EpochBatches, build_data, collate, load_source, stratified_split
+from vitkit.rng import SPLIT_VAL
 from vitkit.data.images import load_image, read_image
 from vitkit.data.transforms import (Preprocess, mix_batch, one_hot, rand_augment, random_crop_with_padding,
                                     random_resized_crop)
@@ -248,7 +249,7 @@ def test_tar_extraction_refuses_escaping_members(tmp_path):
 
 def test_stratified_split_keeps_class_proportions():
     labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)
-    keep, held = stratified_split(labels, 0.1, seed=0)
+    keep, held = stratified_split(labels, 0.1, 0, SPLIT_VAL)
     assert labels[held].bincount().tolist() == [5, 3, 2]
     assert len(set(keep.tolist()) & set(held.tolist())) == 0 and len(keep) + len(held) == 100
 

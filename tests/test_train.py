@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 from helpers import make_image_folder
 from vitkit import VitkitError
 from vitkit.checkpoint import load_checkpoint, load_state_dict_checked
-from vitkit.config import build_config
-from vitkit.models import create_model
+from vitkit.config import build_config, presets
+from vitkit.models import build_model, create_model, model_config
 from vitkit.train import train
-from vitkit.train.optim import EMA, build_optimizer, lr_at, param_groups
+from vitkit.train.optim import EMA, build_optimizer, lr_at, param_groups, warmup_steps
 
 QUICK = ["model.name=vit_digits_patch4_8", "model.embed_dim=32", "model.mlp_dim=64", "model.depth=2",
          "train.batch_size=64", "train.epochs=2", "train.tensorboard=false", "train.log_every=5",
@@ -88,10 +88,68 @@ def test_optimisers_are_the_papers():
     adamw = build_optimizer(model, build_config(overrides=["optim.name=adamw", "optim.weight_decay=0.05"]).optim)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.999)
     assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0]
-    adam = build_optimizer(model, build_config(overrides=["optim.name=adam", "optim.weight_decay=0.05"]).optim)
-    assert [g["weight_decay"] for g in adam.param_groups] == [0.0, 0.0]
+    adam = build_optimizer(model, build_config(overrides=["optim.name=adam", "optim.weight_decay=0"]).optim)
+    assert type(adam) is torch.optim.Adam and [g["weight_decay"] for g in adam.param_groups] == [0.0, 0.0]
     sgd = build_optimizer(model, build_config(overrides=["optim.name=sgd"]).optim)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["optim.name=adam"], "optim.weight_decay"),                      # the default 0.05 would be dropped
+    (["optim.name=adam", "optim.weight_decay=0.1"], "optim.weight_decay"),
+    (["optim.momentum=0.5"], "optim.momentum"),                       # adamw has no momentum
+    (["optim.name=sgd", "optim.beta2=0.99"], "optim.beta2"),
+    (["optim.schedule=constant", "optim.min_lr=1e-5"], "optim.min_lr"),
+    (["optim.warmup_steps=100", "optim.warmup_epochs=2"], "optim.warmup_epochs"),
+    (["train.objective=mpp", "aug.mixup=0.2"], "aug.mixup"),
+    (["train.keep_head=true"], "train.keep_head"),
+    (["data.shuffle_buffer=10"], "data.shuffle_buffer"),
+])
+def test_values_that_would_be_ignored_are_errors_naming_the_key(overrides, key):
+    with pytest.raises(VitkitError, match=rf"^{key}=.* would be ignored"):
+        build_config(overrides=overrides)
+
+
+@pytest.mark.parametrize("preset", presets())
+def test_every_shipped_preset_builds_its_optimiser_and_schedule(preset):
+    cfg = build_config(preset)
+    with torch.device("meta"):
+        model = build_model(model_config(cfg.model_name, **cfg.model_overrides))
+    opt = build_optimizer(model, cfg.optim)
+    decayed = {id(p) for p in opt.param_groups[0]["params"]}
+    expected_decay = 0.0 if cfg.optim.name == "adam" else cfg.optim.weight_decay
+    assert opt.param_groups[0]["weight_decay"] == expected_decay and decayed
+    steps_per_epoch = 100
+    warmup = warmup_steps(cfg.optim, steps_per_epoch)
+    total = max(cfg.train.epochs * steps_per_epoch, warmup + 10)
+    lrs = [lr_at(s, total, warmup, cfg.optim) for s in range(total)]
+    assert max(lrs) == pytest.approx(cfg.optim.lr) and lrs[0] <= cfg.optim.lr
+    end = lr_at(total, total, warmup, cfg.optim)  # where the decay arrives, once the last step is done
+    assert end == pytest.approx(cfg.optim.min_lr if cfg.optim.schedule != "constant" else cfg.optim.lr)
+    assert all(a >= b for a, b in zip(lrs[warmup:], lrs[warmup + 1:]))
+
+
+def test_pretraining_preset_is_the_papers_and_decays_weight_matrices():
+    cfg = build_config("vit_pretrain")
+    o = cfg.optim
+    assert (o.name, o.beta1, o.beta2, o.weight_decay, o.warmup_steps, o.schedule, cfg.train.batch_size) == \
+        ("adamw", 0.9, 0.999, 0.1, 10_000, "linear", 4096)
+    assert warmup_steps(o, steps_per_epoch=3) == 10_000      # given in steps, whatever the data set's size
+    model = create_model("vit_digits_patch4_8")             # the preset's optimiser on a small model
+    opt = build_optimizer(model, o)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for step in range(3):
+        lr = lr_at(step, 100_000, 10_000, o)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)                      # Adam's update is 0: what moves is the decay alone
+        opt.step()
+        for n, p in model.named_parameters():
+            factor = (1 - lr * 0.1) if p.ndim >= 2 and n not in ("cls_token", "pos_embed") else 1.0
+            torch.testing.assert_close(p.detach(), before[n] * factor, rtol=0, atol=1e-9)
+            before[n] = p.detach().clone()
+    assert lr_at(0, 100_000, 10_000, o) == pytest.approx(8e-4 / 10_000)
 
 
 def test_ema_is_an_exponential_average_of_the_weights():

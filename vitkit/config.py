@@ -47,12 +47,14 @@ class AugConfig:
 class OptimConfig:
     name: str = "adamw"              # adamw | adam | sgd
     lr: float = 1e-3                 # peak learning rate, for the global batch
-    weight_decay: float = 0.05       # decoupled; never on biases, norms, position embeddings, tokens
+    weight_decay: float = 0.05       # adamw: decoupled, w -= lr * weight_decay * w; sgd: torch's L2 term; adam: none
+                                     # (set 0). Never on biases, norms, position embeddings, tokens
     beta1: float = 0.9
     beta2: float = 0.999
     momentum: float = 0.9            # sgd only
     schedule: str = "cosine"         # cosine | linear | constant, after warm-up
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 1.0       # linear warm-up length in epochs ...
+    warmup_steps: int = 0            # ... or in optimizer steps, as the paper gives it (10k); set one of the two
     min_lr: float = 0.0
     clip_grad: float = 1.0           # global gradient-norm clipping (0: off)
     accum_steps: int = 1             # gradient accumulation: optimizer step every N batches
@@ -105,7 +107,7 @@ class RunConfig:
 SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
 CHOICES = {("optim", "name"): ("adamw", "adam", "sgd"), ("optim", "schedule"): ("cosine", "linear", "constant"),
            ("train", "amp"): ("none", "bf16", "fp16"), ("train", "objective"): ("classify", "mpp")}
-NON_NEGATIVE = {"weight_decay", "min_lr", "clip_grad", "warmup_epochs", "mixup", "cutmix", "num_workers",
+NON_NEGATIVE = {"weight_decay", "min_lr", "clip_grad", "warmup_epochs", "warmup_steps", "mixup", "cutmix", "num_workers",
                 "crop_padding", "randaugment_n", "ema_decay", "checkpoint_every", "threads", "limit_train"}
 POSITIVE = {"epochs", "batch_size", "eval_batch_size", "accum_steps", "log_every"}
 FRACTIONS = {"val_fraction", "test_fraction", "label_smoothing", "beta1", "beta2", "momentum", "rrc_scale_min"}
@@ -147,8 +149,36 @@ def _apply_section(section: str, obj: Any, values: dict[str, Any]) -> None:
         setattr(obj, key, value)
 
 
-def validate(cfg: RunConfig) -> None:
-    """Range and choice checks, and the model section built once (catches patch/size/heads mistakes)."""
+# (key that would be ignored, the condition under which it is, why) for keys a user set explicitly
+IGNORED_WHEN = [
+    (("optim", "momentum"), lambda c: c.optim.name != "sgd", "only optim.name=sgd uses momentum"),
+    (("optim", "beta1"), lambda c: c.optim.name == "sgd", "optim.name=sgd has no Adam betas"),
+    (("optim", "beta2"), lambda c: c.optim.name == "sgd", "optim.name=sgd has no Adam betas"),
+    (("optim", "min_lr"), lambda c: c.optim.schedule == "constant", "optim.schedule=constant never decays"),
+    (("optim", "warmup_epochs"), lambda c: c.optim.warmup_steps > 0, "optim.warmup_steps is set too: set one"),
+    (("aug", "mixup"), lambda c: c.train.objective == "mpp", "masked patch prediction uses no labels to mix"),
+    (("aug", "cutmix"), lambda c: c.train.objective == "mpp", "masked patch prediction uses no labels to mix"),
+    (("aug", "label_smoothing"), lambda c: c.train.objective == "mpp", "masked patch prediction has no labels"),
+    (("train", "keep_head"), lambda c: not c.train.init, "keep_head applies to fine-tuning (train.init)"),
+    (("data", "shuffle_buffer"), lambda c: not c.data.spec.startswith("shards:"), "only streamed shards use it"),
+]
+
+
+def check_ignored(cfg: RunConfig, explicit: set[tuple[str, str]]) -> None:
+    """A value the run would silently drop is an error that names the key, before any work starts."""
+    if cfg.optim.name == "adam" and cfg.optim.weight_decay > 0:
+        raise VitkitError(f"optim.weight_decay={cfg.optim.weight_decay:g} would be ignored: optim.name=adam applies "
+                          f"no weight decay; use optim.name=adamw (Adam with decoupled decay, as the paper's "
+                          f"official code applies it) or set optim.weight_decay=0")
+    for (section, key), ignored, why in IGNORED_WHEN:
+        value = getattr(getattr(cfg, section), key)
+        if (section, key) in explicit and value and ignored(cfg):
+            raise VitkitError(f"{section}.{key}={value} would be ignored: {why}")
+
+
+def validate(cfg: RunConfig, explicit: set[tuple[str, str]] = frozenset()) -> None:
+    """Range and choice checks, values that would be ignored (among the keys in `explicit`, the ones
+    the user set), and the model section built once (catches patch/size/heads mistakes)."""
     for section in ("data", "aug", "optim", "train"):
         obj = getattr(cfg, section)
         for f in dataclasses.fields(obj):
@@ -163,6 +193,7 @@ def validate(cfg: RunConfig) -> None:
                 raise VitkitError(f"{where} must be in [0, 1), got {v}")
     if cfg.optim.lr <= 0:
         raise VitkitError(f"optim.lr must be > 0, got {cfg.optim.lr}")
+    check_ignored(cfg, explicit)
     from .models import model_config
 
     if cfg.train.init:
@@ -219,12 +250,17 @@ def build_config(path: str | Path | None = None, overrides: list[str] | None = N
     if base:
         raw = {**raw, **base}
     cfg = RunConfig()
+    explicit: set[tuple[str, str]] = set()
     for section, values in raw.items():
         _merge(cfg, section, values)
+        explicit |= {(section, k) for k in values}
     for item in overrides or []:
         section, key, value = parse_override(item)
         _merge(cfg, section, {key: value})
-    validate(cfg)
+        explicit.add((section, key))
+    defaults = RunConfig()
+    changed = {(s, k) for s, k in explicit if s != "model" and getattr(getattr(cfg, s), k) != getattr(getattr(defaults, s), k)}
+    validate(cfg, changed)  # a saved config.yaml lists every key: only values off their default count as set
     return cfg
 
 

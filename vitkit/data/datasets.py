@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from ..config import AugConfig, DataConfig
+from .. import rng
 from ..errors import VitkitError
 from . import sources
 from .images import read_image
@@ -41,9 +42,10 @@ def load_source(spec: str, download: bool = False, in_chans: int | None = None) 
     return sources.load_cifar(arg, fine=kind == "cifar100")
 
 
-def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Indices (kept, held_out) with `fraction` of every class held out, chosen by a seeded shuffle."""
-    g = torch.Generator().manual_seed(seed)
+def stratified_split(labels: Tensor, fraction: float, seed: int, which: int) -> tuple[Tensor, Tensor]:
+    """Indices (kept, held_out) with `fraction` of every class held out, chosen by a seeded shuffle;
+    `which` names the hold-out (rng.SPLIT_*), so the val and test hold-outs are independent draws."""
+    g = rng.generator(seed, "split", which)
     kept, held = [], []
     for c in labels.unique().tolist():
         idx = (labels == c).nonzero().flatten()
@@ -91,7 +93,7 @@ class ImageDataset(Dataset):
             img = img.expand(3, -1, -1) if self.pre.in_chans == 3 else img.float().mean(0, keepdim=True).round().byte()
         if self.aug is None:
             return self.pre.eval(img)
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + key)
+        g = rng.generator(self.seed, "augment", epoch, key)
         return self.pre.normalize(self.augment(img.float() / 255.0, g))
 
     def augment(self, x: Tensor, g: torch.Generator) -> Tensor:
@@ -132,7 +134,7 @@ class EpochBatches(torch.utils.data.Sampler):
     def order(self) -> Tensor:
         if not self.shuffle:
             return torch.arange(self.n)
-        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7919 + self.epoch))
+        return torch.randperm(self.n, generator=rng.generator(self.seed, "batch_order", self.epoch))
 
     def __iter__(self):
         order = self.order().tolist()
@@ -186,15 +188,15 @@ def build_data(cfg: DataConfig, aug: AugConfig, img_size: tuple[int, int], in_ch
     if test is None:
         if cfg.test_fraction <= 0:
             raise VitkitError(f"{cfg.spec} has no test split; set data.test_fraction > 0 to hold one out")
-        keep, held = stratified_split(train.labels, cfg.test_fraction, seed=10_007)
+        keep, held = stratified_split(train.labels, cfg.test_fraction, 0, rng.SPLIT_TEST)  # the same for every seed
         train, test = train.subset(keep), train.subset(held)
     if cfg.limit_train:
-        keep = stratified_split(train.labels, cfg.limit_train / len(train), seed=seed)[1] \
+        keep = stratified_split(train.labels, cfg.limit_train / len(train), seed, rng.SPLIT_LIMIT)[1] \
             if cfg.limit_train < len(train) else torch.arange(len(train))
         train = train.subset(keep)
     if val is None:
         if cfg.val_fraction > 0:
-            keep, held = stratified_split(train.labels, cfg.val_fraction, seed=seed + 1)
+            keep, held = stratified_split(train.labels, cfg.val_fraction, seed, rng.SPLIT_VAL)
             train, val = train.subset(keep), train.subset(held)
         else:
             val = test  # no validation requested: the held-out test split also serves for model selection

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .. import rng
 from ..errors import VitkitError
 from .images import read_image
 from .sources import Source, Split
@@ -295,7 +296,7 @@ class ShardStream(IterableDataset):
     def samples(self) -> Iterator[tuple[Tensor | None, int, str | None, int]]:
         """(image uint8 or None, label, name if unreadable, key number) of this slot, shuffled."""
         slot = self._slot()
-        g = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 1009 + slot)
+        g = rng.generator(self.seed, "shard_shuffle", self.epoch, slot)
         order = self.slot_shards(slot)
         if self.shuffle:
             order = [order[i] for i in torch.randperm(len(order), generator=g).tolist()]

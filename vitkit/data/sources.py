@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .. import rng
 from ..errors import VitkitError
 from .images import IMAGE_EXTENSIONS, load_image
 
@@ -64,7 +65,7 @@ def load_digits() -> Source:
     d = sk_digits()
     images = torch.from_numpy(np.round(d.images * (255 / 16)).astype(np.uint8))[:, None]
     labels = torch.from_numpy(d.target.astype(np.int64))
-    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
+    perm = torch.randperm(len(labels), generator=rng.generator(0, "split", rng.SPLIT_DIGITS))
     n_test = len(labels) // 5
     test, train = perm[:n_test], perm[n_test:]
     return Source(Split(labels[train], images[train]), Split(labels[test], images[test]),
@@ -211,7 +212,7 @@ def load_folder(root: str | Path, in_chans: int | None = None) -> Source:
 def load_synthetic(n_train: int = 2000, n_test: int = 500, size: int = 16, classes: int = 4, chans: int = 1,
                    seed: int = 0) -> Source:
     """A learnable toy task: each class is a bright square in its own quadrant-sized region, with noise."""
-    g = torch.Generator().manual_seed(seed)
+    g = rng.generator(seed, "synthetic")
 
     def make(n: int) -> Split:
         labels = torch.randint(0, classes, (n,), generator=g)

@@ -20,6 +20,26 @@ class Evaluation:
     confusion: Tensor            # (true, predicted) counts
     skipped: list[str] = field(default_factory=list)
 
+    metric = "acc"               # the name of `score` in logs and summaries
+
+    @property
+    def score(self) -> float:
+        return self.top1
+
+    def record(self) -> dict[str, float]:
+        return {"loss": self.loss, "acc": self.top1, "top5": self.top5}
+
+    def sums(self) -> list[float]:
+        """Additive totals: what processes that evaluated a slice each all-reduce."""
+        return [self.loss * self.count, self.top1 * self.count, self.top5 * self.count, self.count,
+                *self.confusion.flatten().tolist()]
+
+    @classmethod
+    def from_sums(cls, sums: list[float], skipped: list[str]) -> "Evaluation":
+        n, k = max(sums[3], 1), int(round(len(sums[4:]) ** 0.5))
+        confusion = torch.tensor([round(v) for v in sums[4:]], dtype=torch.int64).view(k, k)
+        return cls(sums[0] / n, sums[1] / n, sums[2] / n, int(sums[3]), confusion, skipped)
+
     @property
     def per_class(self) -> list[float]:
         totals = self.confusion.sum(1).clamp_min(1)

@@ -21,6 +21,7 @@ from ..checkpoint import load_checkpoint
 from ..config import AugConfig, DataConfig
 from ..data.datasets import ImageDataset, build_data, make_loader
 from ..data.transforms import Preprocess
+from .. import rng
 from ..errors import VitkitError
 
 DEFAULT_L2 = 2.0 ** 10
@@ -94,7 +95,7 @@ def fewshot_eval(checkpoint: str | Path, data: str, shots: list[int], draws: int
         raise VitkitError(f"few-shot needs an indexed dataset with a test split; {data} has none")
     k = bundle.num_classes
     train_labels = bundle.train.split.labels.numpy()
-    draws_idx = {(s, r): draw_indices(train_labels, s, k, np.random.default_rng([seed, r, s]))
+    draws_idx = {(s, r): draw_indices(train_labels, s, k, rng.numpy_rng(seed, "fewshot", s, r))
                  for s in shots for r in range(draws)}
     needed = np.unique(np.concatenate(list(draws_idx.values())))       # only these training images are encoded
     x_pool, y_pool = features(model, ImageDataset(bundle.train.split.subset(torch.from_numpy(needed)), pre,
@@ -103,7 +104,7 @@ def fewshot_eval(checkpoint: str | Path, data: str, shots: list[int], draws: int
     test_split = bundle.test.split
     if max_test and len(test_split) > max_test:
         test_split = test_split.subset(torch.from_numpy(
-            np.random.default_rng(seed).choice(len(test_split), max_test, replace=False)))
+            rng.numpy_rng(seed, "fewshot_test").choice(len(test_split), max_test, replace=False)))
     x_test, y_test = features(model, ImageDataset(test_split, pre, strict=False))
     rows = []
     for s in shots:

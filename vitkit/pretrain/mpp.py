@@ -120,25 +120,45 @@ class MaskedPatchPrediction(nn.Module):
         return {f"encoder.{n}" for n in self.encoder.no_weight_decay()} | {"mask_token"}
 
 
+@dataclass
+class MPPEvaluation:
+    """Masked patch prediction's own score: loss and colour accuracy over the corrupted patches."""
+    loss: float
+    colour_acc: float
+    count: int                   # corrupted patches scored
+    skipped: list[str]
+
+    metric = "mpp_acc"
+
+    @property
+    def score(self) -> float:
+        return self.colour_acc
+
+    def record(self) -> dict[str, float]:
+        return {"loss": self.loss, "mpp_acc": self.colour_acc}
+
+    def sums(self) -> list[float]:
+        return [self.loss * self.count, self.colour_acc * self.count, self.count]
+
+    @classmethod
+    def from_sums(cls, sums: list[float], skipped: list[str]) -> "MPPEvaluation":
+        n = max(sums[2], 1)
+        return cls(sums[0] / n, sums[1] / n, int(sums[2]), skipped)
+
 
 @torch.inference_mode()
-def evaluate_mpp(model: MaskedPatchPrediction, loader, num_classes: int, device: torch.device | str = "cpu",
-                 seed: int = 0) -> "Evaluation":
-    """Loss and colour accuracy on corrupted patches, with the same corruption every time (seeded), so
-    epochs compare. Returned as an Evaluation (top1 = top5 = colour accuracy; no confusion matrix)."""
-    from ..evaluate.accuracy import Evaluation
-
+def evaluate_mpp(model: MaskedPatchPrediction, loader, device: torch.device | str,
+                 generator: torch.Generator) -> MPPEvaluation:
+    """Loss and colour accuracy on corrupted patches; the caller passes the same seeded generator every
+    epoch, so the corruption is the same and epochs compare."""
     was_training = model.training
     model.eval()
-    g = torch.Generator().manual_seed(seed)
     loss_sum, correct, count, skipped = 0.0, 0, 0, []
     for batch in loader:
         skipped += batch["skipped"]
         if batch["x"] is None:
             continue
-        loss, c, n = model(batch["x"].to(device), g, loss=True)
+        loss, c, n = model(batch["x"].to(device), generator, loss=True)
         loss_sum, correct, count = loss_sum + loss.item() * n, correct + c, count + n
     model.train(was_training)
-    acc = correct / max(count, 1)
-    return Evaluation(loss_sum / max(count, 1), acc, acc, count,
-                      torch.zeros(num_classes, num_classes, dtype=torch.int64), skipped)
+    return MPPEvaluation.from_sums([loss_sum, correct, count], skipped)

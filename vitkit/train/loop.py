@@ -17,22 +17,21 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .. import rng
 from ..checkpoint import (load_state, load_state_dict_checked, model_meta, remove_stale_temporaries, save_state,
                           save_weights)
 from ..config import RunConfig, build_config, save_config
 from ..data.datasets import EpochBatches, build_data, make_loader, measure_loader
 from ..data.sources import warn_skipped
-from ..data.transforms import mix_batch
 from ..errors import VitkitError
-from ..evaluate import Evaluation, evaluate
 from ..models import build_model, count_params, model_config
 from ..models.compiled import compiled
 from ..models.config import to_pair
 from .distributed import DistContext, agree_on, dist_backend, init_distributed, shutdown_distributed
-from .optim import EMA, build_optimizer, lr_at
+from .objectives import objective_for
+from .optim import EMA, build_optimizer, lr_at, warmup_steps
 from .run_dir import MetricsLog, default_run_dir, plot_curves
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,16 +77,12 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[t.amp]
         if t.amp == "fp16" and self.device.type != "cuda":
             raise VitkitError("train.amp=fp16 needs a CUDA device; use bf16 or none on CPU")
-        torch.manual_seed(t.seed)
+        torch.manual_seed(rng.seed_for(t.seed, "init"))
         self.local_batch = self.dist.local_batch(t.batch_size)
         self.local_eval_batch = -(-t.eval_batch_size // self.dist.world_size)
         model = self._pretrained_model() if t.init else self._new_model()
-        self.mpp = t.objective == "mpp"
-        if self.mpp:
-            from ..pretrain import MaskedPatchPrediction
-
-            model.reset_classifier(0)  # no classifier while pre-training (DDP insists every parameter is used)
-            model = MaskedPatchPrediction(model, self.data.pre.mean, self.data.pre.std)
+        self.objective = objective_for(t.objective, self.data.num_classes, cfg.aug, self.data.pre)
+        model = self.objective.build(model)
         self.model = model.to(self.device)
         self.model_cfg = model.cfg
         self.params = count_params(self.model_cfg)
@@ -119,7 +114,7 @@ class Trainer:
                               f"{self.local_batch} per process")
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.optim.accum_steps)
         self.total_steps = t.epochs * self.steps_per_epoch
-        self.warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.warmup = warmup_steps(cfg.optim, self.steps_per_epoch)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -223,24 +218,15 @@ class Trainer:
         """The weights to evaluate and publish: the EMA if kept, else the model (whole, even under FSDP)."""
         if self.ema is None and not self.cfg.train.fsdp:
             return self.model
-        shadow = build_model(self.model_cfg)
-        if self.mpp:
-            from ..pretrain import MaskedPatchPrediction
-
-            shadow = MaskedPatchPrediction(shadow, self.data.pre.mean, self.data.pre.std)
-        shadow = shadow.to(self.device)
+        shadow = self.objective.build(build_model(self.model_cfg)).to(self.device)
         shadow.load_state_dict(self.ema.shadow if self.ema else self._model_state())
         return shadow
-
-    def _published(self, model: nn.Module) -> nn.Module:
-        """What the weights files hold: for pre-training, the encoder alone (it loads into fine-tuning)."""
-        return model.encoder if self.mpp else model
 
     def save_last(self) -> None:
         """Every process gathers (FSDP needs all of them); only the first writes; all wait for the write.
         Weights first, then the resume state: whenever a state exists, its weights file exists too."""
         state = self._state()
-        model = self._published(self.eval_model())
+        model = self.objective.publish(self.eval_model())
         if self.dist.is_main:
             save_weights(self.ckpt_dir / "last.safetensors", model,
                          model_meta(self.model, step=self.step, epoch=self.epoch, **self.meta))
@@ -259,16 +245,10 @@ class Trainer:
             if batch["x"] is not None:
                 x, y = batch["x"].to(self.device), batch["y"].to(self.device)
                 images = len(y)
-                g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.step * 7 + self.batch_in_epoch)
+                g = rng.generator(cfg.train.seed, self.objective.rng_purpose, self.epoch, self.batch_in_epoch)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    if self.mpp:  # correct/n count corrupted patches whose colour was predicted
-                        loss_t, correct, n = self.net(x, g, loss=True)
-                    else:
-                        x, target = mix_batch(x, y, self.data.num_classes, cfg.aug.mixup, cfg.aug.cutmix, g,
-                                              cfg.aug.label_smoothing)
-                        logits = self.net(x)
-                        loss_t = F.cross_entropy(logits.float(), target.to(self.device))
-                        n, correct = len(y), int((logits.argmax(1) == y).sum())
+                    out = self.objective.batch_loss(self.net, x, y, g)
+                loss_t, correct, n = out.loss, out.correct, out.count
                 loss = loss_t.item()
             has, finite = loss_t is not None, loss_t is None or math.isfinite(loss)
             if self.dist.enabled:
@@ -416,18 +396,20 @@ class Trainer:
                 if bar is not None:
                     bar.update(1)
                     rate = bar.format_dict.get("rate") or 0.0  # steps/s, smoothed by tqdm
-                    bar.set_postfix(loss=f"{loss:.3f}", acc=f"{correct / max(n, 1):.3f}", lr=f"{lr:.2e}",
-                                    img_s=f"{rate * t.batch_size * cfg.optim.accum_steps:.0f}")
+                    bar.set_postfix({"loss": f"{loss:.3f}", self.objective.metric: f"{correct / max(n, 1):.3f}",
+                                     "lr": f"{lr:.2e}",
+                                     "img_s": f"{rate * t.batch_size * cfg.optim.accum_steps:.0f}"})
                 if self.step % t.log_every == 0:
                     now = time.perf_counter()
                     loss_sum, correct, n, imgs = self.dist.sum([loss * n, correct, n, imgs_since_log])
                     loss = loss_sum / max(n, 1)
                     rec = {"kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": loss,
-                           "acc": correct / max(n, 1), "lr": lr, "img_s": imgs / (now - t_log)}
+                           self.objective.metric: correct / max(n, 1), "lr": lr, "img_s": imgs / (now - t_log)}
                     log.write(rec)
                     if bar is None:
                         self._say(f"epoch {self.epoch + 1}/{t.epochs} step {self.step}/{self.total_steps} "
-                                  f"loss {loss:.4f} acc {rec['acc']:.3f} lr {lr:.2e} {rec['img_s']:.0f} img/s")
+                                  f"loss {loss:.4f} {self.objective.metric} {correct / max(n, 1):.3f} lr {lr:.2e} "
+                                  f"{rec['img_s']:.0f} img/s")
                     t_log, imgs_since_log = now, 0
                 if self.on_step:
                     self.on_step(self)
@@ -452,44 +434,37 @@ class Trainer:
         sampler = EpochBatches(len(ds), t.eval_batch_size, 0, shuffle=False, rank=self.dist.rank,
                                world_size=self.dist.world_size)
         loader = make_loader(ds, self.local_eval_batch, self.cfg.data.num_workers, sampler)
-        if self.mpp:
-            from ..pretrain.mpp import evaluate_mpp
-
-            ev = evaluate_mpp(model, loader, self.data.num_classes, self.device, seed=self.dist.rank)
-        else:
-            ev = evaluate(model, loader, self.data.num_classes, self.device, self.amp_dtype)
+        g = rng.generator(t.seed, "mask_eval", self.dist.rank)  # the same every epoch, so epochs compare
+        ev = self.objective.evaluate(model, loader, self.device, self.amp_dtype, g)
         if not self.dist.enabled:
             return ev
-        k = self.data.num_classes
-        sums = self.dist.sum([ev.loss * ev.count, ev.top1 * ev.count, ev.top5 * ev.count, ev.count]
-                             + ev.confusion.flatten().tolist())
-        n = max(sums[3], 1)
-        return Evaluation(sums[0] / n, sums[1] / n, sums[2] / n, int(sums[3]),
-                          torch.tensor(sums[4:], dtype=torch.int64).view(k, k), ev.skipped)
+        return self.objective.from_sums(self.dist.sum(ev.sums()), ev.skipped)
 
     def _end_epoch(self, log: MetricsLog, elapsed: float, wait: float) -> None:
         t = self.cfg.train
         ev = self._evaluate(self.data.val, self.eval_model())
         loss_sum, correct, seen, images = self.dist.sum([self.running["loss"], self.running["correct"],
                                                          self.running["seen"], self.running.get("images", 0)])
+        metric = self.objective.metric
         rec = {"kind": "epoch", "step": self.step, "epoch": self.epoch + 1,
-               "train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1),
-               "val_loss": ev.loss, "val_acc": ev.top1, "val_top5": ev.top5,
+               "train_loss": loss_sum / max(seen, 1), f"train_{metric}": correct / max(seen, 1),
+               **{f"val_{k}": v for k, v in ev.record().items()},
                "lr": self.optimizer.param_groups[0]["lr"], "img_s": (images or seen) / max(elapsed, 1e-9),
                "data_wait_frac": wait / max(elapsed, 1e-9), "epoch_time_s": elapsed}
         log.write(rec)
-        self._say(f"epoch {self.epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.4f} acc {rec['train_acc']:.4f}"
-                  f" | val loss {ev.loss:.4f} acc {ev.top1:.4f} | {rec['img_s']:.0f} img/s, {elapsed:.1f}s")
+        self._say(f"epoch {self.epoch + 1}/{t.epochs}: train loss {rec['train_loss']:.4f} {metric} "
+                  f"{rec[f'train_{metric}']:.4f} | val loss {ev.loss:.4f} {metric} {ev.score:.4f} | "
+                  f"{rec['img_s']:.0f} img/s, {elapsed:.1f}s")
         self.epoch += 1
         self.batch_in_epoch = 0
         self.running = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
         # ties go to the lower val loss
-        if (ev.top1, -ev.loss) > (self.best_acc, -self.best_loss):
-            self.best_acc, self.best_loss, self.best_step = ev.top1, ev.loss, self.step
-            model = self._published(self.eval_model())
+        if (ev.score, -ev.loss) > (self.best_acc, -self.best_loss):
+            self.best_acc, self.best_loss, self.best_step = ev.score, ev.loss, self.step
+            model = self.objective.publish(self.eval_model())
             if self.dist.is_main:
                 save_weights(self.ckpt_dir / "best.safetensors", model,
-                             model_meta(self.model, step=self.step, epoch=self.epoch, val_acc=ev.top1, **self.meta))
+                             model_meta(self.model, step=self.step, epoch=self.epoch, **{f"val_{metric}": ev.score}, **self.meta))
             self.dist.barrier()
         # Only now does the saved state say the epoch ended: a kill between the two writes repeats the epoch's
         # end instead of resuming with a best score whose weights were never written.
@@ -498,26 +473,29 @@ class Trainer:
     def _finish(self, log: MetricsLog, status: str, wall: float, train_time: float, loader_rate: float) -> dict:
         records = log.read()
         if self.dist.is_main:
-            plot_curves(records, self.run_dir / "curves.png")
+            plot_curves(records, self.run_dir / "curves.png", self.objective.metric)
         summary: dict[str, Any] = {
-            "status": status, "model": self.meta["model_name"], "data": self.cfg.data.spec, "params": self.params,
-            "epochs": self.epoch, "steps": self.step, "best_val_acc": self.best_acc, "best_step": self.best_step,
+            "status": status, "objective": self.objective.name, "model": self.meta["model_name"],
+            "data": self.cfg.data.spec, "params": self.params, "epochs": self.epoch, "steps": self.step,
+            f"best_val_{self.objective.metric}": self.best_acc, "best_step": self.best_step,
             "wall_time_s": round(wall, 2), "train_time_s": round(train_time, 2),
             "img_s": _mean([r["img_s"] for r in records if r.get("kind") == "epoch"]),
             "loader_img_s": round(loader_rate, 1), "skipped_files": len(self.skipped),
             "skipped": sorted(self.skipped)[:100], "nonfinite_steps_skipped": self.nonfinite_skipped,
             "run_dir": str(self.run_dir),
         }
-        if self.mpp:
-            summary.update(objective="mpp", best_val_mpp_acc=self.best_acc)  # no labels used, no test accuracy
-        if status == "completed" and not self.mpp:
+        if status == "completed" and self.objective.scores_test:
             from ..checkpoint import load_checkpoint
 
             best, _ = load_checkpoint(self.ckpt_dir / "best.safetensors", self.device)
             ev = self._evaluate(self.data.test, best)
-            summary.update(test_acc=ev.top1, test_top5=ev.top5, test_loss=ev.loss, test_count=ev.count)
-            self._say(f"done in {wall:.1f}s: best val acc {self.best_acc:.4f} (step {self.best_step}), "
-                      f"test acc {ev.top1:.4f} top-5 {ev.top5:.4f} on {ev.count} images -> {self.run_dir}")
+            summary.update({f"test_{k}": v for k, v in ev.record().items()}, test_count=ev.count)
+            tested = f", test {self.objective.metric} {ev.score:.4f} on {ev.count} images"
+        else:
+            tested = ""
+        if status == "completed":
+            self._say(f"done in {wall:.1f}s: best val {self.objective.metric} {self.best_acc:.4f} "
+                      f"(step {self.best_step}){tested} -> {self.run_dir}")
         if self.dist.is_main:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary

@@ -22,13 +22,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
+    """SGD with momentum; Adam; AdamW, whose decoupled decay (w -= lr * weight_decay * w, weight matrices
+    only) is what the official code's Adam with weight decay does. The config refuses decay for adam."""
+    groups = param_groups(model, cfg.weight_decay if cfg.name != "adam" else 0.0)
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    if cfg.name == "adam":  # Adam with L2-free decoupled decay is AdamW; plain Adam gets none
-        for g in groups:
-            g["weight_decay"] = 0.0
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=_can_fuse(groups))
+    kind = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return kind(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=_can_fuse(groups))
 
 
 def _can_fuse(groups: list[dict]) -> bool:
@@ -39,8 +39,14 @@ def _can_fuse(groups: list[dict]) -> bool:
                                 for p in params)
 
 
+def warmup_steps(cfg: OptimConfig, steps_per_epoch: int) -> int:
+    """The warm-up in optimizer steps: `warmup_steps` as given, else `warmup_epochs` of steps."""
+    return cfg.warmup_steps if cfg.warmup_steps else round(cfg.warmup_epochs * steps_per_epoch)
+
+
 def lr_at(step: int, total: int, warmup: int, cfg: OptimConfig) -> float:
-    """Linear warm-up to the peak, then cosine or linear decay to min_lr at the last step."""
+    """Linear warm-up to the peak, then cosine or linear decay that arrives at min_lr when step `total`
+    (the end of the last step) is reached."""
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
     t = min((step - warmup) / max(total - warmup, 1), 1.0)

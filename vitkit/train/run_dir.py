@@ -47,8 +47,8 @@ class MetricsLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
-    """Loss and accuracy against steps: train (per logged step) and val (per epoch)."""
+def plot_curves(records: list[dict[str, Any]], path: Path, metric: str = "acc") -> None:
+    """Loss and the objective's accuracy (`metric`) against steps: train (per logged step) and val (per epoch)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -59,12 +59,13 @@ def plot_curves(records: list[dict[str, Any]], path: Path) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     if steps:
         a.plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train", lw=1)
-        b.plot([r["step"] for r in steps], [r["acc"] for r in steps], label="train", lw=1)
+        b.plot([r["step"] for r in steps], [r[metric] for r in steps], label="train", lw=1)
     if epochs:
         a.plot([r["step"] for r in epochs], [r["val_loss"] for r in epochs], "o-", label="val")
-        b.plot([r["step"] for r in epochs], [r["val_acc"] for r in epochs], "o-", label="val")
+        b.plot([r["step"] for r in epochs], [r[f"val_{metric}"] for r in epochs], "o-", label="val")
     a.set(xlabel="step", ylabel="loss", title="loss")
-    b.set(xlabel="step", ylabel="accuracy", title="accuracy", ylim=(0, 1.01))
+    b.set(xlabel="step", ylabel=metric, title="patch-colour accuracy" if metric == "mpp_acc" else "accuracy",
+          ylim=(0, 1.01))
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()
