@@ -30,10 +30,12 @@ from pathlib import Path
 
 import torch
 
-from vitkit.checkpoint import load_checkpoint, model_meta, save_weights
+from vitkit.checkpoint import model_meta, save_weights
+from vitkit.load import load_checkpoint
 from vitkit.data.transforms import Preprocess
 from vitkit.evaluate import evaluate, evaluate_checkpoint
-from vitkit.export import OnnxModel, export_int8, export_onnx
+from vitkit.engines.onnx import OnnxModel
+from vitkit.export import export_int8, export_onnx
 from vitkit.models import create_model
 from vitkit.models.inference import inference_model
 from vitkit.runtime import tune_allocator

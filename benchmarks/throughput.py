@@ -79,7 +79,8 @@ def build_vitkit_onnx(name: str) -> nn.Module:
     import tempfile
 
     from int8 import random_checkpoint  # benchmarks/int8.py, beside this script
-    from vitkit.export import OnnxModel, export_onnx
+    from vitkit.engines.onnx import OnnxModel
+    from vitkit.export import export_onnx
     with tempfile.TemporaryDirectory() as d:
         export_onnx(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.onnx", check=False)
         return OnnxModel(Path(d) / "w.onnx")  # the session holds the graph: the file may go

@@ -4,14 +4,13 @@ import gzip
 import io
 import pickle
 import tarfile
-import warnings
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from helpers import make_image_folder, make_mnist_dir, write_idx
+from helpers import make_image_folder, make_mnist_dir
 from vitkit import VitkitError
 from vitkit.config import AugConfig, DataConfig
 from vitkit.data import sources
@@ -222,13 +221,17 @@ def test_download_verification_on_local_files(tmp_path):
         f.write(payload)
     import hashlib
     digest = hashlib.sha256(payload).hexdigest()
-    dest = sources.verify_and_place(good, tmp_path / "labels.gz", digest, decompress=True)
-    assert dest.exists() and not good.exists()
+    sources.verify(good, tmp_path / "labels.gz", digest, decompress=True)  # passes
     bad = tmp_path / "other.part"
     bad.write_bytes(b"tampered")
     with pytest.raises(VitkitError, match="checksum mismatch"):
-        sources.verify_and_place(bad, tmp_path / "other.gz", digest)
-    assert not bad.exists() and not (tmp_path / "other.gz").exists()
+        sources.verify(bad, tmp_path / "other.gz", digest)
+    # fetch: a file:// "download" whose bytes do not match never takes the destination's place
+    dest = tmp_path / "data" / "labels.gz"
+    with pytest.raises(VitkitError, match="checksum mismatch"):
+        sources.fetch(bad.as_uri(), dest, digest, decompress=True)
+    assert not dest.exists() and not list(dest.parent.glob(".*.tmp"))
+    assert sources.fetch(good.as_uri(), dest, digest, decompress=True) == dest and dest.read_bytes() == good.read_bytes()
 
 
 def test_shipped_mnist_matches_recorded_checksums(mnist_dir):

@@ -94,7 +94,7 @@ def test_a_user_error_stops_every_process_with_one_line(tmp_path):
 
 
 def test_two_processes_stream_shards_in_step(tmp_path):
-    from vitkit.data.shards import pack
+    from vitkit.data.pack import pack
 
     index = pack("digits", tmp_path / "shards", shard_size=200)
     spec = f"data.spec=shards:{tmp_path / 'shards'}/{index['splits']['train']['pattern']}"

@@ -26,7 +26,7 @@ def test_onnx_matches_pytorch_at_any_batch(tmp_path, kw):
 
 
 def test_onnx_model_splits_a_batch_over_threads_with_the_same_logits(tmp_path):
-    from vitkit.export import OnnxModel
+    from vitkit.engines.onnx import OnnxModel
     torch.manual_seed(0)
     model = create_model("vit_digits_patch4_8", img_size=16)
     torch.nn.init.normal_(model.head.weight, std=0.5)

@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -19,9 +18,10 @@ from safetensors.torch import load_file, save_file
 
 from helpers import make_hostile_corpus, make_image_folder
 from vitkit import VitkitError
-from vitkit.checkpoint import load_checkpoint, load_state, model_meta, save_weights
+from vitkit.checkpoint import load_state, model_meta, save_weights
+from vitkit.load import load_checkpoint
 from vitkit.cli import build_parser, main
-from vitkit.config import build_config, parse_override
+from vitkit.config import build_config
 from vitkit.data.images import read_image
 from vitkit.interop import load_model
 from vitkit.models import create_model
@@ -110,7 +110,7 @@ def test_kill_9_at_random_moments_never_loses_the_run(tmp_path):
 
 _HALF_WRITE = """
 import pathlib, sys, time
-from vitkit.checkpoint import atomic_write
+from vitkit.files import atomic_write
 def write(tmp):
     pathlib.Path(tmp).write_bytes(b"half a checkpoint")
     pathlib.Path(sys.argv[2]).touch()  # tell the test we are inside the write

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from vitkit import VitkitError
 from vitkit.config import build_config
 from vitkit.data.datasets import build_data
-from vitkit.data.shards import ShardStream, expand_braces, open_shards, pack
+from vitkit.data.pack import pack
+from vitkit.data.shards import ShardStream, expand_braces, open_shards
 from vitkit.train import train
 
 

@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from helpers import make_image_folder
 from vitkit import VitkitError
-from vitkit.checkpoint import load_checkpoint, load_state_dict_checked
+from vitkit.checkpoint import load_state_dict_checked
+from vitkit.load import load_checkpoint
 from vitkit.config import build_config, presets
 from vitkit.models import build_model, create_model, model_config
 from vitkit.train import train

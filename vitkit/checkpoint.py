@@ -1,65 +1,56 @@
-"""Checkpoints: weights as safetensors with the model's config and preprocessing in the header, a
-training-state file for resuming, and atomic writes (temporary file, fsync, rename) so that a crash
-never leaves a half-written checkpoint in place of a good one."""
+"""vitkit's checkpoint format: weights as safetensors with the model's config, preprocessing and classes
+as JSON in the header, and a training-state file for resuming; every write atomic (vitkit.files).
+
+This module reads and writes that format and nothing else: turning any source (a run folder, a timm
+or Hugging Face file, an exported ONNX file) into a runnable model is `vitkit.load`'s job.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file, safe_open
+from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
 from .errors import VitkitError
+from .files import atomic_write
 from .models import ResNetConfig, ViTConfig, build_model
 
 META_KEY = "vitkit"
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Run `write(tmp_path)`, flush it to disk, then rename over `path`; on any error `path` is untouched."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+def read_safetensors_header(path: str | Path) -> dict[str, str]:
+    """The string metadata of a .safetensors file ({} when it has none)."""
     try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise VitkitError(f"could not write {path}: {e.strerror or e}; the previous file is intact") from None
-        raise
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise VitkitError(f"{path} is not a readable safetensors file ({e})") from None
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (a power cut after it must not bring the old file back)."""
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors of a .safetensors file and its string metadata: the one reader vitkit uses."""
+    meta = read_safetensors_header(path)
     try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
+        return load_file(str(path)), meta
+    except (SafetensorError, OSError, ValueError) as e:
+        raise VitkitError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def is_vitkit_file(path: str | Path) -> bool:
+    """A .safetensors file with vitkit metadata (a broken one counts, so its reader reports it)."""
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return False
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def remove_stale_temporaries(directory: Path) -> int:
-    """Delete the temporary files of writes that a crash (kill -9, power cut) cut short."""
-    stale = list(directory.glob(".*.tmp")) if directory.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return len(stale)
+        return META_KEY in read_safetensors_header(p)
+    except VitkitError:
+        return True
 
 
 def model_meta(model: nn.Module, **extra: Any) -> dict[str, Any]:
@@ -85,12 +76,8 @@ def load_state(path: Path) -> dict[str, Any]:
         raise VitkitError(f"cannot read training state {path}: {str(e).splitlines()[0]}") from None
 
 
-def read_meta(path: Path) -> dict[str, Any]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise VitkitError(f"{path} is not a readable safetensors file ({e})") from None
+def read_meta(path: str | Path) -> dict[str, Any]:
+    meta = read_safetensors_header(path)
     if META_KEY not in meta:
         raise VitkitError(f"{path} has no vitkit metadata (for timm/HF/npz files use vitkit.load_model)")
     return json.loads(meta[META_KEY])
@@ -128,55 +115,12 @@ def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], so
     model.load_state_dict(state)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run folder means its best weights (else last); a file means itself."""
-    p = Path(path)
-    if p.is_dir():
-        for name in ("checkpoints/best.safetensors", "checkpoints/last.safetensors", "best.safetensors",
-                     "last.safetensors"):
-            if (p / name).is_file():
-                return p / name
-        raise VitkitError(f"{p} holds no checkpoint (expected checkpoints/best.safetensors)")
-    if not p.is_file():
-        raise VitkitError(f"checkpoint {p} does not exist")
-    return p
-
-
-def _is_vitkit(path: str | Path) -> bool:
-    p = Path(path)
-    if p.is_dir():
-        return any((p / n).is_file() for n in ("checkpoints/best.safetensors", "checkpoints/last.safetensors",
-                                               "best.safetensors", "last.safetensors"))
-    if p.suffix != ".safetensors" or not p.is_file():
-        return False
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            return META_KEY in (f.metadata() or {})
-    except (SafetensorError, OSError, ValueError):
-        return True  # let read_meta report the broken file
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The model a checkpoint describes, loaded, in eval mode, and its metadata (preprocessing, classes).
-    vitkit runs and files directly; exported ONNX files (fp32 or int8) through onnxruntime; any other
-    format (npz, timm, HF, Hub names) through vitkit.load_model."""
-    if str(path).endswith(".onnx"):
-        if not Path(path).is_file():
-            raise VitkitError(f"checkpoint {path} does not exist")
-        from .export import load_onnx
-
-        return load_onnx(path)
-    if not _is_vitkit(path):
-        from .interop import load_model
-
-        model = load_model(path)
-        return model.to(device).eval(), dict(model.pretrained_cfg)
-    p = resolve_checkpoint(path)
-    meta = read_meta(p)
+def load_weights(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """The model a vitkit weights file describes, loaded, in eval mode, and its metadata."""
+    tensors, header = read_safetensors(path)
+    if META_KEY not in header:
+        raise VitkitError(f"{path} has no vitkit metadata (for timm/HF/npz files use vitkit.load_model)")
+    meta = json.loads(header[META_KEY])
     model = build_model(config_from_meta(meta))
-    try:
-        state = load_file(str(p))
-    except (SafetensorError, OSError) as e:
-        raise VitkitError(f"{p} is not a readable safetensors file ({e})") from None
-    load_state_dict_checked(model, state, str(p))
+    load_state_dict_checked(model, tensors, str(path))
     return model.to(device).eval(), meta

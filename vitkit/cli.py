@@ -260,7 +260,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _data_pack(args: argparse.Namespace) -> None:
-    from .data.shards import pack
+    from .data.pack import pack
 
     index = pack(args.data, args.out, args.shard_size, args.val_fraction, args.test_fraction, args.seed,
                  args.download, progress=sys.stderr.isatty())

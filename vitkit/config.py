@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import VitkitError, unknown
+from .files import atomic_write_text
 
 
 @dataclass
@@ -284,4 +285,4 @@ def _merge(cfg: RunConfig, section: str, values: Any) -> None:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -16,26 +16,20 @@ import tempfile
 import types
 import warnings
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .checkpoint import META_KEY, atomic_write, load_checkpoint
+from .checkpoint import META_KEY
+from .engines.onnx import onnxruntime
 from .errors import VitkitError
+from .files import atomic_write
+from .load import load_checkpoint
 
 FORMATS = ("onnx", "int8")
 FUSIONS = ("attention", "none")  # int8 graphs: onnxruntime's fused attention kernel / plain ONNX operators
-
-
-def _onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise VitkitError("ONNX files need onnxruntime and onnx: pip install 'vitkit[onnx]'") from None
-    return onnxruntime
 
 
 def _check_dynamic_size(model: nn.Module) -> None:
@@ -142,7 +136,7 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
     agreement with PyTorch on random input. `dynamic_size` as for `export_onnx`."""
     if fuse not in FUSIONS:
         raise VitkitError(f"int8 fuse={fuse!r}: choose one of {', '.join(FUSIONS)}")
-    ort = _onnxruntime()
+    ort = onnxruntime()
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -207,54 +201,8 @@ def _describe(model: nn.Module, out: Path, opset: int, dynamic_size: bool = Fals
 
 
 def onnx_max_abs_diff(model: nn.Module, path: Path, x: torch.Tensor) -> float:
-    session = _onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnxruntime().InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = session.run(None, {"images": x.numpy()})[0]
     with torch.inference_mode():
         want = model(x).numpy()
     return float(abs(got - want).max())
-
-
-class OnnxModel(nn.Module):
-    """An exported file run by onnxruntime behind the nn.Module interface eval/predict use."""
-
-    def __init__(self, path: str | Path, threads: int | None = None, split: bool = True):
-        """`split`: with 2+ threads, run slices of a batch concurrently, one intra-op thread each, instead
-        of one run on all threads (7% faster on the int8 MNIST model at batch 32, benchmarks/int8.py:
-        small matrices parallelise badly inside one operator, while a session runs concurrently
-        without the GIL)."""
-        super().__init__()
-        ort = _onnxruntime()
-        threads = threads or torch.get_num_threads()
-        self.parts = threads if split else 1
-        self._pool: ThreadPoolExecutor | None = None
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1 if self.parts > 1 else threads
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a bad file
-            raise VitkitError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        if META_KEY not in props:
-            raise VitkitError(f"{path} carries no vitkit metadata (export it with `vitkit export`)")
-        self.meta = json.loads(props[META_KEY])
-        from .checkpoint import config_from_meta
-        self.cfg = config_from_meta(self.meta)
-        self.num_classes = self.cfg.num_classes
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().float().cpu().contiguous()
-        if self.parts > 1 and len(x) > 1:
-            slices = x.tensor_split(min(self.parts, len(x)))
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.parts - 1, thread_name_prefix="vitkit-onnx")
-            rest = [self._pool.submit(self._run, s) for s in slices[1:]]
-            return torch.cat([self._run(slices[0])] + [f.result() for f in rest])
-        return self._run(x)
-
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"images": x.contiguous().numpy()})[0])
-
-
-def load_onnx(path: str | Path) -> tuple[OnnxModel, dict[str, Any]]:
-    model = OnnxModel(path)
-    return model, model.meta

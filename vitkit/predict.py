@@ -7,10 +7,9 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_checkpoint
 from .data.images import read_image
-from .data.transforms import Preprocess
 from .errors import VitkitError
+from .load import load
 from .models.inference import inference_model
 
 
@@ -32,10 +31,9 @@ def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, ba
     """Top-k classes for each image; an unreadable file gets an error entry and the rest go on."""
     if top_k < 1:
         raise VitkitError(f"top-k must be at least 1, got {top_k}")
-    model, meta = load_checkpoint(checkpoint, device)
-    model = inference_model(model, compile)
-    pre = Preprocess.stored_in(meta, checkpoint)
-    classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
+    loaded = load(checkpoint, device)
+    pre, classes = loaded.preprocess, loaded.classes
+    model = inference_model(loaded.model, compile)
     results: list[Prediction] = []
     ready: list[tuple[int, torch.Tensor]] = []
     for path in images:

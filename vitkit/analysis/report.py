@@ -11,21 +11,20 @@ from typing import Any
 
 import numpy as np
 
-from ..checkpoint import load_checkpoint
 from ..config import AugConfig, DataConfig
 from ..data.datasets import ImageDataset, build_data, make_loader
 from ..data.images import image_to_tensor, load_image
-from ..data.transforms import Preprocess
 from ..errors import VitkitError
+from ..load import load
 from . import plots
 from .attention import _require_attention, attentions, mean_attention_distance, rollout_from_attentions
 from .embeddings import embedding_filters_pca, neighbour_contrast, position_similarity
 
 
 def _load(checkpoint: str | Path, device: str):
-    model, meta = load_checkpoint(checkpoint, device)
-    _require_attention(model)
-    return model, meta, Preprocess.stored_in(meta, checkpoint)
+    loaded = load(checkpoint, device)
+    _require_attention(loaded.model)
+    return loaded.model, loaded.meta, loaded.preprocess
 
 
 def explain(checkpoint: str | Path, images: list[str | Path], out: str | Path, top_k: int = 5,

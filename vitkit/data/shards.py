@@ -1,7 +1,7 @@
-"""Sharded data in the WebDataset layout: plain tar files whose members `KEY.png`, `KEY.cls` (and
+"""Reading sharded data in the WebDataset layout: plain tar files whose members `KEY.png`, `KEY.cls` (and
 optionally `KEY.json`) form one sample, plus an `index.json` with the classes and per-shard counts.
 
-`pack` writes them from any data spec. Training streams the train shards sequentially (no random
+`vitkit.data.pack` writes them from any data spec. Training streams the train shards sequentially (no random
 access, so they can live on network storage): shards are dealt to (process, worker) slots, samples
 pass through a seeded shuffle buffer, and each slot cuts its own batches. Validation and test shards
 are indexed by member offset and read like any other split, so evaluation is exact and shardable.
@@ -14,19 +14,17 @@ import json
 import os
 import re
 import tarfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .. import rng
 from ..errors import VitkitError
+from .batching import collate
 from .images import read_image
 from .sources import Source, Split
 
@@ -50,94 +48,6 @@ def expand_braces(pattern: str) -> list[str]:
     else:
         items = body.split(",")
     return [out for item in items for out in expand_braces(pattern[:m.start()] + item + pattern[m.end():])]
-
-
-def _brace_range(prefix: str, n: int) -> str:
-    return f"{prefix}-{{{0:06d}..{n - 1:06d}}}.tar" if n > 1 else f"{prefix}-000000.tar"
-
-
-# --- writing -----------------------------------------------------------------------------------------
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _png(img: Tensor) -> bytes:
-    arr = img.numpy()
-    pil = Image.fromarray(arr[0], "L") if arr.shape[0] == 1 else Image.fromarray(np.transpose(arr, (1, 2, 0)), "RGB")
-    buf = io.BytesIO()
-    pil.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_shards(split: Split, in_chans: int, classes: list[str], out: Path, prefix: str, shard_size: int,
-                 progress: bool = False) -> tuple[list[int], list[str]]:
-    """Write `split` as `out/prefix-NNNNNN.tar` (each complete or absent: written under a temporary
-    name, then renamed). Returns the per-shard counts and the names of unreadable images left out."""
-    from tqdm import tqdm
-
-    counts, skipped, tar, n_in_shard = [], [], None, 0
-    tmp = None
-
-    def close() -> None:
-        if tar is not None:
-            tar.close()
-            os.replace(tmp, out / f"{prefix}-{len(counts):06d}.tar")
-            counts.append(n_in_shard)
-
-    for i in tqdm(range(len(split)), desc=f"pack {prefix}", unit="img", disable=not progress):
-        try:
-            img = split.images[i] if split.images is not None else read_image(split.paths[i], in_chans)
-        except VitkitError:
-            skipped.append(split.paths[i])
-            continue
-        if tar is None or n_in_shard == shard_size:
-            close()
-            tmp = out / f".{prefix}-{len(counts):06d}.tar.tmp"
-            tar, n_in_shard = tarfile.open(tmp, "w"), 0
-        key = f"{i:08d}"
-        label = int(split.labels[i])
-        _add(tar, f"{key}.png", _png(img))
-        _add(tar, f"{key}.cls", str(label).encode())
-        meta = {"class": classes[label]}
-        if split.paths is not None:
-            meta["source"] = split.paths[i]
-        _add(tar, f"{key}.json", json.dumps(meta).encode())
-        n_in_shard += 1
-    close()
-    return counts, skipped
-
-
-def pack(spec: str, out: str | Path, shard_size: int = 10_000, val_fraction: float = 0.1, test_fraction: float = 0.2,
-         seed: int = 0, download: bool = False, progress: bool = False) -> dict:
-    """Write train/val/test shards of a data spec, split as `vitkit train` splits it, and index.json."""
-    from ..config import AugConfig, DataConfig
-    from .datasets import build_data
-
-    if shard_size < 1:
-        raise VitkitError(f"--shard-size must be at least 1, got {shard_size}")
-    out = Path(out)
-    if (out / INDEX).exists():
-        raise VitkitError(f"{out} already holds shards ({INDEX}); choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    data = build_data(DataConfig(spec=spec, val_fraction=val_fraction, test_fraction=test_fraction, download=download),
-                      AugConfig(), (1, 1), None, seed)
-    index = {"format": "webdataset", "fields": ["png", "cls", "json"], "classes": data.classes,
-             "in_chans": data.pre.in_chans, "source": spec, "created": time.strftime("%Y-%m-%d %H:%M:%S"),
-             "splits": {}}
-    skipped = list(data.skipped)
-    for name, ds in (("train", data.train), ("val", data.val), ("test", data.test)):
-        if name == "val" and ds is data.test:
-            continue
-        counts, bad = write_shards(ds.split, data.pre.in_chans, data.classes, out, name, shard_size, progress)
-        skipped += bad
-        index["splits"][name] = {"pattern": _brace_range(name, len(counts)), "counts": counts}
-    index["skipped"] = skipped
-    tmp = out / f".{INDEX}.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, out / INDEX)
-    return index
 
 
 # --- reading ---------------------------------------------------------------------------------------------
@@ -329,8 +239,6 @@ class ShardStream(IterableDataset):
             yield buf.pop(int(torch.randint(len(buf), (1,), generator=g)))
 
     def __iter__(self):
-        from .datasets import collate
-
         batch = []
         for img, label, bad, key in self.samples():
             batch.append((None if img is None else self.transform(img, self.epoch, key), label, bad))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import pickle
 import shutil
 import struct
@@ -24,6 +23,7 @@ from torch import Tensor
 
 from .. import rng
 from ..errors import VitkitError
+from ..files import atomic_write
 from .images import IMAGE_EXTENSIONS, load_image
 
 
@@ -262,23 +262,23 @@ def fetch(url: str, dest: Path, expected: str, decompress: bool = False) -> Path
     """Download to a temporary name, verify the checksum, then move into place (never a half file)."""
     if dest.is_file() and _matches(dest, expected, decompress):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
-            shutil.copyfileobj(r, f)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise VitkitError(f"download of {url} failed: {e}") from None
-    return verify_and_place(tmp, dest, expected, decompress)
 
+    def write(tmp: str) -> None:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
+                shutil.copyfileobj(r, f)
+        except OSError as e:
+            raise VitkitError(f"download of {url} failed: {e}") from None
+        verify(Path(tmp), dest, expected, decompress)
 
-def verify_and_place(tmp: Path, dest: Path, expected: str, decompress: bool = False) -> Path:
-    if not _matches(tmp, expected, decompress):
-        tmp.unlink(missing_ok=True)
-        raise VitkitError(f"checksum mismatch for {dest.name}: the download is corrupt or not the expected file")
-    os.replace(tmp, dest)
+    atomic_write(dest, write)
     return dest
+
+
+def verify(tmp: Path, dest: Path, expected: str, decompress: bool = False) -> None:
+    """A download that does not match its recorded checksum never takes `dest`'s place."""
+    if not _matches(tmp, expected, decompress):
+        raise VitkitError(f"checksum mismatch for {dest.name}: the download is corrupt or not the expected file")
 
 
 def extract_tar(archive: Path, dest: Path) -> None:

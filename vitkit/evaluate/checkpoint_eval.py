@@ -6,11 +6,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import load_checkpoint
 from ..config import AugConfig, DataConfig
 from ..data.datasets import ImageDataset, build_data, make_loader
-from ..data.transforms import Preprocess
 from ..errors import VitkitError
+from ..load import load
 from ..models.inference import inference_model
 from .accuracy import evaluate, plot_confusion
 
@@ -22,11 +21,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str = "test", 
     `compile` compiles the model with frozen weights first (pays on large test sets)."""
     if split not in ("train", "val", "test"):
         raise VitkitError(f"unknown split '{split}' (train, val, test)")
-    model, meta = load_checkpoint(checkpoint, device)
-    model = inference_model(model, compile)
-    pre = Preprocess.stored_in(meta, checkpoint)
+    loaded = load(checkpoint, device)
+    pre = loaded.preprocess
+    model = inference_model(loaded.model, compile)
     bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, seed)
-    classes = meta.get("classes") or bundle.classes
+    classes = loaded.meta.get("classes") or bundle.classes
     if list(classes) != list(bundle.classes):
         raise VitkitError(f"the checkpoint's classes {classes[:5]}... differ from {data}'s {bundle.classes[:5]}...")
     source = getattr(bundle, split)

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..checkpoint import load_checkpoint
 from ..config import AugConfig, DataConfig
 from ..data.datasets import ImageDataset, build_data, make_loader
-from ..data.transforms import Preprocess
 from .. import rng
 from ..errors import VitkitError
+from ..load import load
 
 DEFAULT_L2 = 2.0 ** 10
 BIAS_FEATURE = 100.0
@@ -86,10 +85,8 @@ def fewshot_eval(checkpoint: str | Path, data: str, shots: list[int], draws: int
         raise VitkitError(f"--shots must be positive integers, got {shots}")
     if draws < 1 or l2 <= 0:
         raise VitkitError(f"few-shot needs draws >= 1 and l2 > 0 (got draws={draws}, l2={l2})")
-    model, meta = load_checkpoint(checkpoint)
-    pre = Preprocess.from_dict(meta["preprocess"]) if "preprocess" in meta else None
-    if pre is None:
-        raise VitkitError(f"{checkpoint} records no preprocessing; cannot prepare images for it")
+    loaded = load(checkpoint)
+    model, pre = loaded.model, loaded.preprocess
     bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, seed)
     if bundle.stream is not None or bundle.test is None:
         raise VitkitError(f"few-shot needs an indexed dataset with a test split; {data} has none")

@@ -16,7 +16,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint import atomic_write
+from ..files import atomic_write
+from ..run_dir import RunDir
 from ..config import build_config
 from ..errors import VitkitError
 
@@ -31,7 +32,8 @@ def run_cell(run_dir: Path, config: str, overrides: list[str], epochs: int, prog
     """Train one cell, resume it, or return its finished summary; also says which of the three happened."""
     from ..train import train
 
-    summary_file = run_dir / "summary.json"
+    run = RunDir(run_dir)
+    summary_file = run.summary
     if summary_file.is_file():
         summary = json.loads(summary_file.read_text())
         if summary.get("status") == "completed":
@@ -39,7 +41,7 @@ def run_cell(run_dir: Path, config: str, overrides: list[str], epochs: int, prog
                 raise VitkitError(f"{run_dir} was trained for {summary.get('epochs')} epochs, this sweep asks for "
                                   f"{epochs}: use another --out for a different budget")
             return summary, "finished earlier, reused"
-    if (run_dir / "checkpoints" / "last.state.pt").is_file():
+    if run.is_resumable():
         return train(resume=run_dir, progress=progress), "resumed"
     return train(build_config(config, overrides + [f"train.out={run_dir}"]), progress=progress), "trained"
 

@@ -15,8 +15,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..checkpoint import META_KEY, atomic_write, config_from_meta, load_state_dict_checked, model_meta, save_weights
+from ..checkpoint import META_KEY, config_from_meta, load_state_dict_checked, model_meta, save_weights
 from ..errors import VitkitError
+from ..files import atomic_write, atomic_write_text
+from ..run_dir import RunDir
 from ..models import ViTConfig, build_model
 from . import hf, npz
 from .files import read_json, read_tensors
@@ -57,8 +59,10 @@ def _hub_download(repo: str) -> Path:
 
 def _from_folder(folder: Path) -> tuple[Path, dict]:
     """The weights file of a run folder or a Hugging Face / timm model folder, and its config.json."""
-    for name in ("checkpoints/best.safetensors", "checkpoints/last.safetensors", "model.safetensors",
-                 "pytorch_model.bin", "open_clip_model.safetensors"):
+    run = RunDir(folder).weights()
+    if run is not None:
+        return run, {}
+    for name in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors"):
         if (folder / name).is_file():
             cfg = read_json(folder / "config.json") if (folder / "config.json").is_file() else {}
             if (folder / "preprocessor_config.json").is_file():
@@ -173,13 +177,13 @@ def save_model(model: nn.Module, dst: str | Path, to: str, meta: dict | None = N
         config = hf.hf_config(model.cfg, meta.get("classes"))
         tensors = hf.vitkit_to_hf(sd)
         atomic_write(dst / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-        atomic_write(dst / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+        atomic_write_text(dst / "config.json", json.dumps(config, indent=2))
         pre = meta.get("preprocess")
         if pre:
             proc = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "do_normalize": True,
                     "do_rescale": True, "rescale_factor": 1 / 255, "image_mean": pre["mean"], "image_std": pre["std"],
                     "size": {"height": pre["img_size"][0], "width": pre["img_size"][1]}}
-            atomic_write(dst / "preprocessor_config.json", lambda tmp: Path(tmp).write_text(json.dumps(proc, indent=2)))
+            atomic_write_text(dst / "preprocessor_config.json", json.dumps(proc, indent=2))
     else:
         if not isinstance(model.cfg, ViTConfig) or model.cfg.pos_embed not in ("learn", "none") or model.cfg.fc_norm:
             raise VitkitError("the official .npz layout holds plain or hybrid ViTs with learned 1D positions only")

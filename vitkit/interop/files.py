@@ -9,9 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open
-
+from ..checkpoint import read_safetensors
 from ..errors import VitkitError
 
 Tensors = dict[str, torch.Tensor]
@@ -25,12 +23,7 @@ def read_tensors(path: Path) -> tuple[Tensors, dict[str, str]]:
     if suffix == ".npz":
         return read_npz(path), {}
     if suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            return load_file(str(path)), meta
-        except (SafetensorError, OSError, ValueError) as e:
-            raise VitkitError(f"{path} is not a readable safetensors file ({e})") from None
+        return read_safetensors(path)
     if suffix in (".pth", ".bin", ".pt", ".ckpt"):
         return read_torch(path), {}
     raise VitkitError(f"{path}: unknown weights format '{suffix}' (.npz, .safetensors, .pth, .bin, .pt)")

@@ -9,7 +9,6 @@ three images.
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from .compiled import compiled

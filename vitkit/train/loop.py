@@ -20,19 +20,20 @@ import torch
 from torch import nn
 
 from .. import rng
-from ..checkpoint import (load_state, load_state_dict_checked, model_meta, remove_stale_temporaries, save_state,
-                          save_weights)
+from ..checkpoint import load_state, load_state_dict_checked, load_weights, model_meta, save_state, save_weights
 from ..config import RunConfig, build_config, save_config
 from ..data.datasets import EpochBatches, build_data, make_loader, measure_loader
 from ..data.sources import warn_skipped
 from ..errors import VitkitError
+from ..files import atomic_write_text, remove_stale_temporaries
 from ..models import build_model, count_params, model_config
 from ..models.compiled import compiled
 from ..models.config import to_pair
 from .distributed import DistContext, agree_on, dist_backend, init_distributed, shutdown_distributed
 from .objectives import objective_for
 from .optim import EMA, build_optimizer, lr_at, warmup_steps
-from .run_dir import MetricsLog, default_run_dir, plot_curves
+from ..run_dir import RunDir
+from .run_log import MetricsLog, plot_curves
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,13 +56,12 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
                  on_step: Callable[["Trainer"], None] | None = None, dist: DistContext | None = None,
                  device: torch.device | None = None):
-        self.cfg, self.run_dir, self.resume = cfg, run_dir, resume
+        self.cfg, self.folder, self.run_dir, self.resume = cfg, RunDir(run_dir), Path(run_dir), resume
         self.dist = dist or DistContext()
         self.device = device or resolve_device(cfg.train.device)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
         self.on_step = on_step
         self.stop_requested = False
-        self.ckpt_dir = run_dir / "checkpoints"
 
     def request_stop(self) -> None:
         """Finish the current step, save `last`, and return (what Ctrl-C does)."""
@@ -124,7 +124,7 @@ class Trainer:
         self.running = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
         if self.resume:
             if self.dist.is_main:
-                remove_stale_temporaries(self.ckpt_dir)
+                remove_stale_temporaries(self.folder.checkpoints)
             self._load_state()
         name = f"init:{Path(t.init).name}" if t.init else self.cfg.model_name
         self.meta = {"model_name": name, "classes": self.data.classes, "objective": t.objective,
@@ -197,13 +197,13 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler else None}
 
     def _load_state(self) -> None:
-        st = load_state(self.ckpt_dir / "last.state.pt")
+        st = load_state(self.folder.last_state)
         if self.cfg.train.fsdp:
             from .fsdp import load_full_state
 
             load_full_state(self.model, self.optimizer, st["model"], st["optimizer"])
         else:
-            load_state_dict_checked(self.model, st["model"], str(self.ckpt_dir / "last.state.pt"))
+            load_state_dict_checked(self.model, st["model"], str(self.folder.last_state))
             self.optimizer.load_state_dict(st["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = st["step"], st["epoch"], st["batch_in_epoch"]
         self.best_acc, self.best_loss, self.best_step = st["best_acc"], st["best_loss"], st["best_step"]
@@ -228,9 +228,9 @@ class Trainer:
         state = self._state()
         model = self.objective.publish(self.eval_model())
         if self.dist.is_main:
-            save_weights(self.ckpt_dir / "last.safetensors", model,
+            save_weights(self.folder.last_weights, model,
                          model_meta(self.model, step=self.step, epoch=self.epoch, **self.meta))
-            save_state(self.ckpt_dir / "last.state.pt", state)
+            save_state(self.folder.last_state, state)
         self.dist.barrier()
 
     # --- one optimisation step -------------------------------------------------------------------------
@@ -288,7 +288,7 @@ class Trainer:
         if self.cfg.train.skip_nonfinite:
             self.nonfinite_skipped += 1
             return
-        last = self.ckpt_dir / "last.state.pt"
+        last = self.folder.last_state
         kept = f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint had been written yet"
         raise VitkitError(f"{what} at step {self.step + 1}; training stopped, {kept} "
                           f"(set train.skip_nonfinite=true to skip such steps)")
@@ -301,10 +301,10 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             if not self.resume:
-                save_config(cfg, self.run_dir / "config.yaml")
-            log = MetricsLog(self.run_dir / "metrics.jsonl", resume_step=self.step if self.resume else None)
+                save_config(cfg, self.folder.config)
+            log = MetricsLog(self.folder.metrics, resume_step=self.step if self.resume else None)
             if t.tensorboard:
-                log.attach_tensorboard(self.run_dir / "tensorboard")
+                log.attach_tensorboard(self.folder.tensorboard)
         else:
             log = _NoLog()
         loader_rate = measure_loader(self._train_loader(), 5)
@@ -463,7 +463,7 @@ class Trainer:
             self.best_acc, self.best_loss, self.best_step = ev.score, ev.loss, self.step
             model = self.objective.publish(self.eval_model())
             if self.dist.is_main:
-                save_weights(self.ckpt_dir / "best.safetensors", model,
+                save_weights(self.folder.best_weights, model,
                              model_meta(self.model, step=self.step, epoch=self.epoch, **{f"val_{metric}": ev.score}, **self.meta))
             self.dist.barrier()
         # Only now does the saved state say the epoch ended: a kill between the two writes repeats the epoch's
@@ -473,7 +473,7 @@ class Trainer:
     def _finish(self, log: MetricsLog, status: str, wall: float, train_time: float, loader_rate: float) -> dict:
         records = log.read()
         if self.dist.is_main:
-            plot_curves(records, self.run_dir / "curves.png", self.objective.metric)
+            plot_curves(records, self.folder.curves, self.objective.metric)
         summary: dict[str, Any] = {
             "status": status, "objective": self.objective.name, "model": self.meta["model_name"],
             "data": self.cfg.data.spec, "params": self.params, "epochs": self.epoch, "steps": self.step,
@@ -485,9 +485,7 @@ class Trainer:
             "run_dir": str(self.run_dir),
         }
         if status == "completed" and self.objective.scores_test:
-            from ..checkpoint import load_checkpoint
-
-            best, _ = load_checkpoint(self.ckpt_dir / "best.safetensors", self.device)
+            best, _ = load_weights(self.folder.best_weights, self.device)
             ev = self._evaluate(self.data.test, best)
             summary.update({f"test_{k}": v for k, v in ev.record().items()}, test_count=ev.count)
             tested = f", test {self.objective.metric} {ev.score:.4f} on {ev.count} images"
@@ -497,7 +495,7 @@ class Trainer:
             self._say(f"done in {wall:.1f}s: best val {self.objective.metric} {self.best_acc:.4f} "
                       f"(step {self.best_step}){tested} -> {self.run_dir}")
         if self.dist.is_main:
-            (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(self.folder.summary, json.dumps(summary, indent=2))
         return summary
 
     def _on_sigint(self, signum, frame) -> None:
@@ -546,25 +544,25 @@ def train(cfg: RunConfig | None = None, resume: str | Path | None = None, progre
     Under torchrun every process calls this; they join one process group. Returns the summary that is
     also written to summary.json."""
     if resume is not None:
-        run_dir = Path(resume)
-        if not (run_dir / "checkpoints" / "last.state.pt").is_file():
-            raise VitkitError(f"cannot resume {run_dir}: no checkpoints/last.state.pt in it")
-        cfg = build_config(run_dir / "config.yaml", [f"train.epochs={epochs}"] if epochs else None)
+        run = RunDir(resume)
+        if not run.is_resumable():
+            raise VitkitError(f"cannot resume {run}: no {run.last_state.relative_to(run.path)} in it")
+        cfg = build_config(run.config, [f"train.epochs={epochs}"] if epochs else None)
     cfg = cfg or build_config()
     dist, device = init_distributed(resolve_device(cfg.train.device))
     clean = False
     try:
         if resume is not None:
             if epochs and dist.is_main:
-                save_config(cfg, run_dir / "config.yaml")
-            summary = Trainer(cfg, run_dir, resume=True, progress=progress, on_step=on_step, dist=dist,
+                save_config(cfg, run.config)
+            summary = Trainer(cfg, run.path, resume=True, progress=progress, on_step=on_step, dist=dist,
                               device=device).run()
             clean = True
             return summary
-        run_dir = Path(cfg.train.out) if cfg.train.out else Path(agree_on(str(default_run_dir(cfg.model_name))))
-        if (run_dir / "checkpoints" / "last.state.pt").exists():  # (a run killed before that file starts afresh)
-            raise VitkitError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
-        summary = Trainer(cfg, run_dir, progress=progress, on_step=on_step, dist=dist, device=device).run()
+        run = RunDir(cfg.train.out) if cfg.train.out else RunDir(agree_on(str(RunDir.new(cfg.model_name))))
+        if run.is_resumable():  # (a run killed before that file starts afresh)
+            raise VitkitError(f"{run} already holds a run; use --resume {run} or another --out")
+        summary = Trainer(cfg, run.path, progress=progress, on_step=on_step, dist=dist, device=device).run()
         clean = True
         return summary
     finally:

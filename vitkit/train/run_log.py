@@ -1,4 +1,4 @@
-"""The run folder: resolved config, metrics.jsonl, checkpoints, curves.png, summary.json."""
+"""What a run logs as it goes: metric lines (and TensorBoard), and the curves drawn from them."""
 
 from __future__ import annotations
 
@@ -72,7 +72,3 @@ def plot_curves(records: list[dict[str, Any]], path: Path, metric: str = "acc") 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def default_run_dir(model_name: str) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{model_name}"
