@@ -18,20 +18,9 @@ import json
 import statistics
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 
-MODELS = {"mnist": "vit_mnist_patch7_28", "ti16": "vit_tiny_patch16_224", "s16": "vit_small_patch16_224",
-          "b16": "vit_base_patch16_224"}
-CELLS = {"infer_b1": (False, 1), "infer_b32": (False, 32), "train_b32": (True, 32)}
-
-
-def rate(fn, batch: int, seconds: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    while n < 2 or time.perf_counter() - t0 < seconds:
-        fn()
-        n += 1
-    return n * batch / (time.perf_counter() - t0)
+from common import MODES, model_name, rate
 
 
 def child(name: str, cell: str, tuned: bool, seconds: float) -> dict:
@@ -42,7 +31,7 @@ def child(name: str, cell: str, tuned: bool, seconds: float) -> dict:
     import torch.nn.functional as F
 
     from vitkit.models import create_model
-    train, batch = CELLS[cell]
+    train, batch = MODES[cell]
     torch.manual_seed(0)
     model = create_model(name)
     c = model.cfg
@@ -57,7 +46,7 @@ def child(name: str, cell: str, tuned: bool, seconds: float) -> dict:
             F.cross_entropy(model(x), y).backward()
             opt.step()
         step()
-        out["whole"] = rate(step, batch, seconds)
+        out["whole"] = rate(step, batch, seconds, min_runs=2)
         return out
     model.eval().requires_grad_(False)
     threads = torch.get_num_threads()
@@ -79,17 +68,17 @@ def child(name: str, cell: str, tuned: bool, seconds: float) -> dict:
         torch.cat([half(parts[0])] + [f.result() for f in rest])
         torch.set_num_threads(threads)
     whole()
-    out["whole"] = rate(whole, batch, seconds)
+    out["whole"] = rate(whole, batch, seconds, min_runs=2)
     if batch > 1 and threads > 1:
         split()
-        out["split"] = rate(split, batch, seconds)
+        out["split"] = rate(split, batch, seconds, min_runs=2)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="mnist,s16", help="comma-separated keys (mnist, ti16, s16, b16) or names")
-    ap.add_argument("--cells", default="infer_b1,infer_b32,train_b32", help="comma-separated: " + ", ".join(CELLS))
+    ap.add_argument("--cells", default="infer_b1,infer_b32,train_b32", help="comma-separated: " + ", ".join(MODES))
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds (two child processes each)")
     ap.add_argument("--seconds", type=float, default=2.0, help="timed seconds per measurement")
     ap.add_argument("--json", help="also write the results here")
@@ -101,7 +90,7 @@ def main() -> None:
         return
     results = {}
     for key in args.models.split(","):
-        name = MODELS.get(key, key)
+        name = model_name(key)
         for cell in args.cells.split(","):
             runs: dict[str, list[dict]] = {"default": [], "tuned": []}
             for r in range(args.rounds):

@@ -30,40 +30,15 @@ from pathlib import Path
 
 import torch
 
-from vitkit.checkpoint import model_meta, save_weights
 from vitkit.load import load_checkpoint
 from vitkit.data.transforms import Preprocess
 from vitkit.evaluate import evaluate, evaluate_checkpoint
 from vitkit.engines.onnx import OnnxModel
 from vitkit.export import export_int8, export_onnx
-from vitkit.models import create_model
 from vitkit.models.inference import inference_model
 from vitkit.runtime import tune_allocator
 
-from throughput import cpu_description
-
-NAMES = {"s16": "vit_small_patch16_224", "b16": "vit_base_patch16_224", "ti16": "vit_tiny_patch16_224"}
-
-
-def checkpoint_for(key: str, run: str | None, tmp: Path) -> Path:
-    if key == "mnist":
-        if not run:
-            raise SystemExit("--checkpoint RUN_DIR (a trained MNIST run) is needed for the mnist row")
-        return Path(run)
-    return random_checkpoint(NAMES.get(key, key), tmp / f"{key}.safetensors")
-
-
-def random_checkpoint(name: str, path: Path) -> Path:
-    """A checkpoint of the registered model `name` with seeded random weights (speed measurements only)."""
-    torch.manual_seed(0)
-    model = create_model(name)
-    torch.nn.init.normal_(model.head.weight, std=0.02)   # a zero head would make every logit equal
-    c = model.cfg
-    meta = model_meta(model, preprocess=Preprocess(c.img_size, c.in_chans, (0.5,) * c.in_chans,
-                                                   (0.5,) * c.in_chans).to_dict())
-    save_weights(path, model, meta)
-    return path
-
+from common import checkpoint_for, cpu_description, rate
 
 def torchao_static_int8(model: torch.nn.Module, x: torch.Tensor, calibration: list[torch.Tensor]):
     """PT2E static int8 for x86 (oneDNN int8 kernels, quantise/dequantise fused by the compiler)."""
@@ -122,14 +97,6 @@ class FixedBatch(torch.nn.Module):
         return self.run(torch.cat([x, self.filler[:len(self.filler) - n]]) if n < len(self.filler) else x)[:n]
 
 
-def images_per_second(fn, x: torch.Tensor, min_seconds: float) -> float:
-    n, t0 = 0, time.perf_counter()
-    while n < 2 or time.perf_counter() - t0 < min_seconds:
-        fn(x)
-        n += 1
-    return n * len(x) / (time.perf_counter() - t0)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="trained MNIST run or file (for the mnist row and its accuracy)")
@@ -173,7 +140,7 @@ def main() -> None:
             for r in range(args.rounds):
                 names = list(variants)
                 order = names[r % len(names):] + names[:r % len(names)]
-                per_round.append({n: images_per_second(variants[n], x, args.min_seconds) for n in order})
+                per_round.append({n: rate(lambda: variants[n](x), len(x), args.min_seconds, min_runs=2) for n in order})
                 print(f"{key} round {r + 1}: " + ", ".join(f"{n} {per_round[-1][n]:.1f} img/s" for n in names),
                       file=sys.stderr, flush=True)
         row = {"model": key, "batch": args.batch, "int8_top1_agreement_random_input": q["top1_agreement"]}

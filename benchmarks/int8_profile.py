@@ -25,8 +25,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper
 
-from int8 import checkpoint_for
-from throughput import cpu_description
+from common import checkpoint_for, cpu_description
 from vitkit.export import export_int8
 
 

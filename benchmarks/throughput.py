@@ -41,31 +41,16 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from common import MODELS, MODES, Cell, cpu_description, model_name, random_checkpoint, time_cell
 from vitkit.cost import vit_cost
 from vitkit.models import model_config
 from vitkit.models.compiled import compiled
-
-MODELS = {"mnist": "vit_mnist_patch7_28", "ti16": "vit_tiny_patch16_224", "s16": "vit_small_patch16_224",
-          "b16": "vit_base_patch16_224"}
-MODES = {"infer_b1": (False, 1), "infer_b32": (False, 32), "train_b32": (True, 32)}
-
-
-def cpu_description() -> str:
-    """Model name and the SIMD flags that matter for int8 (a virtual machine shows what its host lets through)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
-    simd = [f for f in flags if f.startswith(("avx", "amx")) or "vnni" in f]
-    capability = torch.backends.cpu.get_cpu_capability()
-    return f"{name}; SIMD: {' '.join(sorted(simd)) or 'none listed'}; torch sees {capability}"
-
 
 # --- the implementations -------------------------------------------------------------------------
 def build_vitkit(name: str) -> nn.Module:
@@ -78,7 +63,6 @@ def build_vitkit_onnx(name: str) -> nn.Module:
     slices of the batch on concurrent one-thread sessions)."""
     import tempfile
 
-    from int8 import random_checkpoint  # benchmarks/int8.py, beside this script
     from vitkit.engines.onnx import OnnxModel
     from vitkit.export import export_onnx
     with tempfile.TemporaryDirectory() as d:
@@ -158,12 +142,6 @@ def available(names: list[str]) -> dict[str, Callable[[str], nn.Module]]:
 
 
 # --- one cell: a model, a mode, an implementation -------------------------------------------------
-@dataclass
-class Cell:
-    step: Callable[[], None]
-    batch: int
-
-
 def make_cell(impl: str, name: str, mode: str) -> Cell:
     train, batch = MODES[mode]
     torch.manual_seed(0)
@@ -196,17 +174,6 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
         loss_fn(net(x), y).backward()
         opt.step()
     return Cell(step, batch)
-
-
-def time_cell(cell: Cell, min_seconds: float) -> float:
-    """Images per second over at least `min_seconds` (one iteration if it alone takes that long)."""
-    n, t0 = 0, time.perf_counter()
-    while True:
-        cell.step()
-        n += 1
-        elapsed = time.perf_counter() - t0
-        if elapsed >= min_seconds:
-            return n * cell.batch / elapsed
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 3) -> float:
@@ -292,7 +259,7 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
         threads: int, processes: bool = False) -> list[dict]:
     rows = []
     for key in models:
-        name = MODELS.get(key, key)
+        name = model_name(key)
         gflop_fwd = vit_cost(model_config(name)).gflops_total
         for mode in modes:
             train, _ = MODES[mode]

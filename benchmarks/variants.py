@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 import vitkit.models.vit as vit
-from throughput import MODES, MODELS, Cell, time_cell
+from common import MODES, Cell, model_name, time_cell
 from vitkit.config import OptimConfig
 from vitkit.models import create_model
 from vitkit.runtime import tune_allocator
@@ -101,7 +101,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     (first, v1), (second, v2) = STUDIES[args.study]
     for key in args.models.split(","):
-        name = MODELS.get(key, key)
+        name = model_name(key)
         for mode in args.modes.split(","):
             cells = [make_cell(name, args.img_size, mode, v) for v in (v1, v2)]
             ratios, speeds = [], []

@@ -16,6 +16,7 @@ import torch
 
 from .errors import VitkitError
 from .models import ViTConfig, build_model, model_config
+from .plotting import pyplot, save
 
 
 @dataclass
@@ -147,9 +148,7 @@ def format_table(rows: list[Cost]) -> str:
 
 
 def plot_costs(rows: list[Cost], path: Path, title: str) -> None:
-    from .analysis.plots import _plt
-
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     x = [c.img_size for c in rows]
     for label, key in (("total", "gflops_total"), ("MLP", "gflops_mlp"), ("attention", "gflops_attn"),
@@ -161,9 +160,7 @@ def plot_costs(rows: list[Cost], path: Path, title: str) -> None:
     ax.set_ylabel("GFLOPs per image")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path, dpi=120)
 
 
 def to_dicts(rows: list[Cost]) -> list[dict]:

@@ -8,18 +8,7 @@ import numpy as np
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _plt():
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    # File names in titles may use scripts the default font lacks: draw boxes, do not warn per glyph.
-    warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font", category=UserWarning)
-    return plt
+from ..plotting import pyplot, save
 
 
 def overlay(image: np.ndarray, heat: Tensor, path: Path, alpha: float = 0.5) -> None:
@@ -39,7 +28,7 @@ def overlay(image: np.ndarray, heat: Tensor, path: Path, alpha: float = 0.5) -> 
 
 def _tiles(images: list[tuple[np.ndarray, dict, str]], path: Path, title: str, max_cols: int, cell: float) -> None:
     """A grid of small images (array, imshow options, caption) with a title, saved as PNG."""
-    plt = _plt()
+    plt = pyplot()
     n = len(images)
     cols = min(n, max_cols)
     rows = -(-n // cols)
@@ -52,9 +41,7 @@ def _tiles(images: list[tuple[np.ndarray, dict, str]], path: Path, title: str, m
             if caption:
                 ax.set_title(caption, fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def head_grid(maps: Tensor, path: Path, title: str) -> None:
@@ -64,7 +51,7 @@ def head_grid(maps: Tensor, path: Path, title: str) -> None:
 
 def distance_scatter(dist: Tensor, path: Path, title: str) -> None:
     """The paper's Figure 7 (right): one dot per head, network depth on x, mean distance on y."""
-    plt = _plt()
+    plt = pyplot()
     layers, heads = dist.shape
     fig, ax = plt.subplots(figsize=(5, 4))
     for h in range(heads):
@@ -74,14 +61,12 @@ def distance_scatter(dist: Tensor, path: Path, title: str) -> None:
     ax.grid(alpha=0.3)
     if heads <= 16:
         ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def similarity_grid(sim: Tensor, path: Path, title: str) -> None:
     """Figure 7 (centre): for each position, its similarity map to all positions, laid out as the grid."""
-    plt = _plt()
+    plt = pyplot()
     gh, gw = sim.shape[:2]
     fig, axes = plt.subplots(gh, gw, figsize=(0.6 * gw + 1, 0.6 * gh + 0.6), squeeze=False)
     for i in range(gh):
@@ -91,9 +76,7 @@ def similarity_grid(sim: Tensor, path: Path, title: str) -> None:
             ax.set_xticks([])
             ax.set_yticks([])
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
 
 
 def filter_grid(components: Tensor, path: Path, title: str) -> None:

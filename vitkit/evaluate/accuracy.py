@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
+from ..plotting import pyplot, save
 
 
 @dataclass
@@ -83,10 +84,7 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: str
 
 
 def plot_confusion(confusion: Tensor, classes: list[str], path: Path, title: str = "") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n = len(classes)
     fig, ax = plt.subplots(figsize=(max(4, 0.45 * n + 2), max(4, 0.45 * n + 2)))
@@ -103,6 +101,4 @@ def plot_confusion(confusion: Tensor, classes: list[str], path: Path, title: str
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title or "confusion matrix")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)

@@ -20,6 +20,7 @@ from ..files import atomic_write
 from ..run_dir import RunDir
 from ..config import build_config
 from ..errors import VitkitError
+from ..plotting import pyplot, save
 
 
 def epochs_for(size: int, images_seen: int, val_fraction: float) -> int:
@@ -109,10 +110,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in result["models"]:
@@ -125,6 +123,4 @@ def plot(result: dict, path: Path) -> None:
     ax.set_title(f"{result['data']}\nsame recipe, {result['images_seen']:,} images seen per run", fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save(fig, path, dpi=120)

@@ -8,7 +8,7 @@ import re
 from torch import Tensor
 
 from ..errors import VitkitError
-from ..models.config import ViTConfig
+from ..models.config import ViTConfig, resnet_stride
 from ..models.registry import SIZES
 
 HEADS_BY_WIDTH = {d: h for d, _, h, _ in SIZES.values()}
@@ -42,7 +42,7 @@ def infer_config(sd: dict[str, Tensor], **known) -> ViTConfig:
         cfg["resnet_layers"] = tuple(stages[i] for i in range(len(stages)))
         cfg["resnet_width"] = stem.shape[0]
         cfg["in_chans"] = stem.shape[1]
-        stride = 4 * 2 ** max(len(stages) - 1, 0)
+        stride = resnet_stride(cfg["resnet_layers"], known.get("resnet_stem_pool", True))
     else:
         cfg["in_chans"] = w.shape[1]
     if "pos_embed" in sd:

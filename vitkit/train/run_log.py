@@ -6,6 +6,7 @@ import json
 import time
 from pathlib import Path
 from typing import Any
+from ..plotting import pyplot, save
 
 
 class MetricsLog:
@@ -49,10 +50,7 @@ class MetricsLog:
 
 def plot_curves(records: list[dict[str, Any]], path: Path, metric: str = "acc") -> None:
     """Loss and the objective's accuracy (`metric`) against steps: train (per logged step) and val (per epoch)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -69,6 +67,4 @@ def plot_curves(records: list[dict[str, Any]], path: Path, metric: str = "acc") 
     for ax in (a, b):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path)
