@@ -435,3 +435,13 @@ def test_compiled_inference_model_gives_the_same_logits():
         got = inference_model(model, compile=True)(x)
     assert torch.allclose(want, got, atol=1e-4, rtol=1e-4)
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_explicit_attention_limits_apply_on_cpu_only():
+    from vitkit.models.vit import EXPLICIT_ATTENTION_MAX_TOKENS, explicit_attention_pays
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    with torch.no_grad():
+        assert explicit_attention_pays(EXPLICIT_ATTENTION_MAX_TOKENS, cpu)
+        assert not explicit_attention_pays(EXPLICIT_ATTENTION_MAX_TOKENS + 1, cpu)
+        assert not explicit_attention_pays(17, cuda)      # CUDA always takes the fused (flash) kernel
+    assert explicit_attention_pays(64, cpu) and not explicit_attention_pays(65, cpu)  # training limit

@@ -49,13 +49,22 @@ class PatchEmbed(nn.Module):
         return x.flatten(2).transpose(1, 2), (x.shape[-2], x.shape[-1])
 
 
-# Up to this many tokens, softmax(q k^T) v is computed with plain matrix products: on CPU the fused
-# kernel's per-call cost dominates short sequences. Inference: the fused kernel is 1.2-1.7x slower at
-# 17-101 tokens, batch 32 (benchmarks/throughput.py). Training, whose products must also keep the
-# T x T probabilities for the backward: whole steps 4-8% faster at 17-50 tokens, even at 65, slower
-# beyond (0.91-0.99x at 197; benchmarks/variants.py --study attention), so the fused kernel takes over earlier.
+# On CPU, up to this many tokens softmax(q k^T) v is computed with plain matrix products: there the
+# fused kernel's per-call cost dominates short sequences. Inference: the fused kernel is 1.2-1.7x
+# slower at 17-101 tokens, batch 32 (benchmarks/throughput.py). Training, whose products must also
+# keep the T x T probabilities for the backward: whole steps 4-8% faster at 17-50 tokens, even at 65,
+# slower beyond (0.91-0.99x at 197; benchmarks/variants.py --study attention), so the fused kernel
+# takes over earlier. Measured on CPUs only: on CUDA (and any other device) the fused kernel always runs.
 EXPLICIT_ATTENTION_MAX_TOKENS = 128
 EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN = 64
+
+
+def explicit_attention_pays(tokens: int, device: torch.device) -> bool:
+    """Whether plain products beat the fused kernel for this sequence length here (see the limits above)."""
+    if device.type != "cpu":
+        return False
+    limit = EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN if torch.is_grad_enabled() else EXPLICIT_ATTENTION_MAX_TOKENS
+    return tokens <= limit
 
 
 class Attention(nn.Module):
@@ -80,33 +89,43 @@ class Attention(nn.Module):
         """`queries=n` computes the output for the first n tokens only (all tokens still serve as keys and
         values): what the last block needs when only the class token reaches the head."""
         b, t, d = x.shape
-        if queries is None or not isinstance(self.qkv, nn.Linear):  # a quantised layer has no weight rows to slice
-            q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-            if queries is not None:
-                q = q[:, :, :queries]
+        if queries is None:
+            q, k, v = self.heads(self.qkv(x), 3)                     # each (B, heads, T, D_h)
         else:
-            w, wb = self.qkv.weight, self.qkv.bias  # rows: W_q, W_k, W_v
-            e = self.qkv.in_features  # = d, but a constant when traced: exported files keep the slices folded
-            q = F.linear(x[:, :queries], w[:e], None if wb is None else wb[:e])
-            q = q.view(b, queries, self.num_heads, self.head_dim).transpose(1, 2)
-            k, v = F.linear(x, w[e:], None if wb is None else wb[e:]).view(
-                b, t, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.rel_pos(grid).to(q.dtype) if self.rel_pos is not None else None
-        if bias is not None and queries is not None:
-            bias = bias[:, :queries]
-        probs = None
-        limit = EXPLICIT_ATTENTION_MAX_TOKENS_TRAIN if torch.is_grad_enabled() else EXPLICIT_ATTENTION_MAX_TOKENS
-        if return_attn or t <= limit:
-            logits = (q * self.scale) @ k.transpose(-2, -1)
-            if bias is not None:
-                logits = logits + bias
-            probs = logits.softmax(dim=-1)
-            x = self.attn_drop(probs) @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=bias,
-                                               dropout_p=self.attn_drop.p if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(b, q.shape[2], d)
-        return self.proj_drop(self.proj(x)), probs
+            q, k, v = self.first_queries(x, queries)                 # q (B, heads, n, D_h)
+        bias = self.rel_pos(grid).to(q.dtype)[:, :q.shape[2]] if self.rel_pos is not None else None
+        out, probs = self.attend(q, k, v, bias, return_attn)       # (B, heads, n, D_h)
+        out = out.transpose(1, 2).reshape(b, q.shape[2], d)           # heads concatenated
+        return self.proj_drop(self.proj(out)), probs
+
+    def heads(self, y: Tensor, parts: int) -> tuple[Tensor, ...]:
+        """(B, T, parts*D) projections -> `parts` tensors of shape (B, heads, T, D_h)."""
+        b, t, _ = y.shape
+        return y.view(b, t, parts, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+
+    def first_queries(self, x: Tensor, n: int) -> tuple[Tensor, Tensor, Tensor]:
+        """q for the first n tokens, k and v for all: W_q applied to n rows only."""
+        if not isinstance(self.qkv, nn.Linear):  # a quantised layer has no weight rows to slice
+            q, k, v = self.heads(self.qkv(x), 3)
+            return q[:, :, :n], k, v
+        w, wb = self.qkv.weight, self.qkv.bias  # rows: W_q, W_k, W_v
+        e = self.qkv.in_features  # = D, but a constant when traced: exported files keep the slices folded
+        (q,) = self.heads(F.linear(x[:, :n], w[:e], None if wb is None else wb[:e]), 1)
+        k, v = self.heads(F.linear(x, w[e:], None if wb is None else wb[e:]), 2)
+        return q, k, v
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None,
+               return_attn: bool) -> tuple[Tensor, Tensor | None]:
+        """softmax(q k^T / sqrt(D_h) + bias) v: plain products when the probabilities are asked for or
+        they are faster here (`explicit_attention_pays`), else PyTorch's fused kernel."""
+        if not (return_attn or explicit_attention_pays(k.shape[2], q.device)):
+            dropout = self.attn_drop.p if self.training else 0.0
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout), None
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        if bias is not None:
+            logits = logits + bias
+        probs = logits.softmax(dim=-1)
+        return self.attn_drop(probs) @ v, probs
 
 
 class Mlp(nn.Module):
@@ -239,14 +258,14 @@ class VisionTransformer(nn.Module):
         attention output and MLP for the class token only, the one row eq. 4 reads - the same result with
         ~10/12 of that block's matrix products skipped."""
         self._check_input(x)
-        z, grid = self.patch_embed(x)
+        z, grid = self.patch_embed(x)                                               # x_p E: (B, N, D)
         if patch_hook is not None:
             z = patch_hook(z, grid)
         if self.cls_token is not None:
-            z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1), z], dim=1)
+            z = torch.cat([self.cls_token.expand(z.shape[0], -1, -1), z], dim=1)   # (1) [x_class; x_p E]
         pos = self.position_embedding(grid)
         if pos is not None:
-            z = z + pos
+            z = z + pos                                                             # (1) ... + E_pos
         z = self.pos_drop(z)
         attns = []
         last = len(self.blocks) - 1
@@ -258,7 +277,7 @@ class VisionTransformer(nn.Module):
             else:
                 z, probs = blk(z, grid, return_attn, queries)
                 attns.append(probs)
-        z = self.norm(z)
+        z = self.norm(z)                                                            # (4) LN(z_L)
         return (z, attns) if return_attn else z
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -269,7 +288,7 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, z: Tensor, pre_logits: bool = False) -> Tensor:
         """Pool (class token, or mean of the patch tokens), optional tanh representation layer, head."""
-        y = z[:, 0] if self.cfg.global_pool == "token" else z[:, self.num_prefix_tokens:].mean(dim=1)
+        y = z[:, 0] if self.cfg.global_pool == "token" else z[:, self.num_prefix_tokens:].mean(dim=1)  # (4) z_L^0
         y = self.pre_logits(self.fc_norm(y))
         return y if pre_logits else self.head(y)
 
