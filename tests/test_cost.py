@@ -37,8 +37,6 @@ def test_cost_command_writes_table_json_and_plot(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| 64 | 17 |" in out and "| 128 | 65 |" in out
     assert (tmp_path / "cost.png").stat().st_size > 0 and (tmp_path / "cost.json").exists()
-    assert main(["cost", "--model", "vit_tiny_patch16_224", "--img-size", "100"]) == 2
-    assert main(["cost", "--model", "resnet_bit_mnist", "--img-size", "28"]) == 2
     with pytest.raises(VitkitError, match="feature map, which is not a multiple of patch_size 2"):
         vit_cost(create_model("vit_mnist_r_28", patch_size=2).cfg, 28)
 

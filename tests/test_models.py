@@ -378,9 +378,6 @@ def test_cli_models_lists_counts_and_filters():
                          capture_output=True, text=True, check=True).stdout
     assert re.search(r"^vit_base_patch16_224 +86,567,656 +3x224x224$", out, re.M)
     assert "vit_small" not in out
-    bad = subprocess.run([sys.executable, "-m", "vitkit", "models", "--filter", "nomatch"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "nomatch" in bad.stderr
     helptext = subprocess.run([sys.executable, "-m", "vitkit", "--help"], capture_output=True, text=True).stdout
     assert "models" in helptext
 

@@ -77,10 +77,3 @@ def test_pretrain_writes_an_encoder_that_finetune_loads(tmp_path, capsys):
     assert main(["finetune", "--init", str(run), "--out", str(ft)] + common) == 0
     tuned = json.loads((ft / "summary.json").read_text())
     assert tuned["status"] == "completed" and "test_acc" in tuned
-
-
-def test_pretrain_refuses_a_cnn(tmp_path, capsys):
-    assert main(["pretrain", "--model", "resnet_bit_mnist", "--data", "synthetic", "--out", str(tmp_path / "r"),
-                 "--epochs", "1", "--set", "model.img_size=16", "--no-progress"]) == 2
-    assert "needs a ViT encoder" in capsys.readouterr().err
-

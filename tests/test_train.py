@@ -242,14 +242,15 @@ def test_compiled_training_follows_the_eager_run(tmp_path):
     assert not any("_orig_mod" in k for k in model.state_dict())
 
 
-def test_resume_extends_epochs_and_refuses_other_flags(tmp_path, trained_run):
-    out, _ = trained_run
-    r = vitkit_cli("train", "--resume", str(out), "--lr", "0.1")
-    assert r.returncode == 2 and "only --epochs may change" in r.stderr and "Traceback" not in r.stderr
-    r = vitkit_cli("train", "--resume", str(out), "--compile")
-    assert r.returncode == 2 and "(got --compile)" in r.stderr
-    r = vitkit_cli("train", "--resume", str(tmp_path))
-    assert r.returncode == 2 and "no checkpoints/last.state.pt" in r.stderr
+def test_resume_extends_epochs(tmp_path, trained_run):
+    import shutil
+    out, first = trained_run
+    run = tmp_path / "longer"
+    shutil.copytree(out, run)
+    more = train(resume=run, epochs=first["epochs"] + 1, progress=False)
+    assert more["status"] == "completed" and more["epochs"] == first["epochs"] + 1
+    assert more["steps"] == first["steps"] * (first["epochs"] + 1) // first["epochs"]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == first["epochs"] + 1
 
 
 @pytest.mark.parametrize("overrides,needle", [
@@ -328,16 +329,6 @@ def test_exported_files_run_in_eval_and_predict(trained_run, tmp_path, fmt):
     assert json.loads(pr.stdout)[0]["top"][0]["class"] == "class3"
 
 
-def test_exported_file_errors_are_one_line(tmp_path):
-    pytest.importorskip("onnxruntime")
-    (tmp_path / "junk.onnx").write_bytes(b"not a model")
-    r = vitkit_cli("eval", "--checkpoint", str(tmp_path / "junk.onnx"), "--data", "synthetic")
-    assert r.returncode == 2 and "junk.onnx" in r.stderr and "Traceback" not in r.stderr
-    r = vitkit_cli("export", "--checkpoint", str(tmp_path / "junk.onnx"), "--out", str(tmp_path / "again.onnx"))
-    assert r.returncode == 2 and "already an exported file" in r.stderr
-    assert not (tmp_path / "again.onnx").exists()
-
-
 def test_folder_training_with_mixed_sizes_and_a_corrupt_file(tmp_path):
     root = make_image_folder(tmp_path / "imgs", per_class=15)
     Image.new("RGB", (40, 23), (230, 230, 230)).save(root / "dog" / "odd_size.png")
@@ -388,29 +379,6 @@ def test_existing_run_dir_is_not_overwritten(trained_run):
     out, _ = trained_run
     with pytest.raises(VitkitError, match="already holds a run"):
         train(quick_cfg(out), progress=False)
-
-
-def test_cli_errors_are_one_line(tmp_path):
-    from vitkit.checkpoint import model_meta, save_weights
-    from vitkit.models import create_model
-    bare = create_model("vit_digits_patch4_8")
-    save_weights(tmp_path / "bare.safetensors", bare, model_meta(bare))  # weights and config, no preprocessing
-    for args, needle in ((["train", "--data", f"mnist:{tmp_path}/none"], "does not exist"),
-                         (["eval", "--checkpoint", str(tmp_path / "bare.safetensors"), "--data", "digits"],
-                          "records no preprocessing"),
-                         (["train", "--set", "optim.lr=abc"], "optim.lr: expected a number"),
-                         (["eval", "--checkpoint", str(tmp_path), "--data", "digits"], "holds no weights"),
-                         (["train", "--model", "vit_nope"], "unknown model 'vit_nope'")):
-        r = vitkit_cli(*args)
-        assert r.returncode == 2 and needle in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
-        assert len(r.stderr.strip().splitlines()) == 1
-
-
-def test_train_help_explains_every_flag():
-    out = vitkit_cli("train", "--help").stdout
-    for flag in ("--config", "--set", "--data", "--model", "--epochs", "--batch-size", "--lr", "--out", "--seed",
-                 "--device", "--resume", "--download", "--strict", "--workers"):
-        assert flag in out
 
 
 @pytest.mark.slow

@@ -120,6 +120,7 @@ class DataBundle:
     pre: Preprocess
     skipped: list[str] = field(default_factory=list)
     stream: "ShardSet | None" = None  # streamed train shards (then `train` only holds the transform)
+    image_size: tuple[int, int] | None = None  # the training images' median size, before any resizing
 
     @property
     def train_size(self) -> int:
@@ -164,7 +165,8 @@ def build_data(cfg: DataConfig, aug: AugConfig, img_size: tuple[int, int], in_ch
     pre = Preprocess(tuple(img_size), in_chans, tuple(mean or (PAPER_MEAN,) * in_chans),
                      tuple(std or (PAPER_STD,) * in_chans))
     return DataBundle(ImageDataset(train, pre, aug, seed, cfg.strict), ImageDataset(val, pre, None, seed, cfg.strict),
-                      ImageDataset(test, pre, None, seed, cfg.strict), src.classes, pre, src.skipped, stream)
+                      ImageDataset(test, pre, None, seed, cfg.strict), src.classes, pre, src.skipped, stream,
+                      train.typical_size() if stream is None else None)
 
 
 def make_loader(ds: ImageDataset, batch_size: int, workers: int, sampler: EpochBatches | None = None) -> DataLoader:

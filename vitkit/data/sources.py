@@ -45,6 +45,37 @@ class Split:
                      None if self.paths is None else [self.paths[i] for i in pick],
                      None if self.blobs is None else [self.blobs[i] for i in pick])
 
+    def typical_size(self, sample: int = 200) -> tuple[int, int] | None:
+        """The median (height, width) of the images, from the headers of up to `sample` evenly spaced
+        files (no decoding); None when no file could be read."""
+        if self.images is not None:
+            return tuple(self.images.shape[-2:]) if len(self.images) else None
+        if not self.paths:
+            return None
+        import io
+
+        from PIL import Image
+
+        def source(i: int):
+            if self.blobs is None:
+                return self.paths[i]
+            path, offset, size = self.blobs[i]  # an image stored inside a tar shard
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return io.BytesIO(f.read(size))
+
+        sizes = []
+        for i in range(0, len(self.paths), max(1, len(self.paths) // sample))[:sample]:
+            try:
+                with Image.open(source(i)) as im:
+                    sizes.append((im.height, im.width))
+            except (OSError, ValueError):
+                continue
+        if not sizes:
+            return None
+        hs, ws = sorted(h for h, _ in sizes), sorted(w for _, w in sizes)
+        return hs[len(hs) // 2], ws[len(ws) // 2]
+
 
 @dataclass
 class Source:

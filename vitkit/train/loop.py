@@ -30,6 +30,7 @@ from ..models import build_model, count_params, model_config
 from ..models.compiled import compiled
 from ..models.config import to_pair
 from .distributed import DistContext, agree_on, dist_backend, init_distributed, shutdown_distributed
+from .fit_data import size_warning
 from .objectives import objective_for
 from .optim import EMA, build_optimizer, lr_at, warmup_steps
 from ..run_dir import RunDir
@@ -312,6 +313,9 @@ class Trainer:
                   f"{self.data.train_size} train / {len(self.data.val)} val / {len(self.data.test)} test images, "
                   f"{self.data.num_classes} classes; batch {t.batch_size} x accum {cfg.optim.accum_steps}, "
                   f"{self.total_steps} steps; data loader alone: {loader_rate:,.0f} img/s")
+        warning = size_warning(tuple(self.model_cfg.img_size), self.data.image_size)
+        if warning:
+            self._say(warning)
         if self.dist.enabled:
             self._say(f"{self.dist.world_size} processes ({'FSDP' if t.fsdp else 'DDP'}, "
                       f"{dist_backend()}): global batch {t.batch_size} = {self.dist.world_size} x "

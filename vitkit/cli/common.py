@@ -1,0 +1,36 @@
+"""Flags that several commands share, each written once."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import VitkitError
+
+
+def checkpoint_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, metavar="SRC",
+                   help="a run folder (its best checkpoint), weights in any format vitkit reads, or (eval, "
+                        "predict) a file written by `vitkit export`")
+
+
+def compile_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--compile", action="store_true",
+                   help="compile the model with frozen weights first (torch.compile): faster per image, but the "
+                        "first batch of each size waits 10-30 s for the compiler; pays on thousands of images")
+
+
+def device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps (default cpu)")
+
+
+def data_flag(p: argparse.ArgumentParser, required: bool = True, what: str = "") -> None:
+    p.add_argument("--data", required=required, metavar="SPEC",
+                   help=f"data spec, as for train{what}")
+
+
+def int_list(flag: str, text: str) -> list[int]:
+    """`1,5,10` (underscores allowed: 60_000) -> [1, 5, 10], or a one-line error naming the flag."""
+    try:
+        return [int(v.replace("_", "")) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise VitkitError(f"--{flag} expects comma-separated integers, got '{text}'") from None
