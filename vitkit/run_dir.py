@@ -67,6 +67,12 @@ class RunDir:
     def last_state(self) -> Path:
         return self.checkpoints / "last.state.pt"
 
+    @classmethod
+    def contents(cls) -> str:
+        """What a run folder holds, for help texts."""
+        r = cls(".")
+        return ", ".join(p.name for p in (r.config, r.metrics, r.summary, r.curves)) + f", {r.checkpoints.name}/"
+
     def is_resumable(self) -> bool:
         return self.last_state.is_file()
 

@@ -28,6 +28,15 @@ def data_flag(p: argparse.ArgumentParser, required: bool = True, what: str = "")
                    help=f"data spec, as for train{what}")
 
 
+def images_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("images", nargs="+", metavar="IMAGE", help=f"image files {what} (any format PIL reads)")
+    p.add_argument("--top-k", type=int, default=5, help="classes to report per image (default 5)")
+
+
+def resume_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+
+
 def int_list(flag: str, text: str) -> list[int]:
     """`1,5,10` (underscores allowed: 60_000) -> [1, 5, 10], or a one-line error naming the flag."""
     try:

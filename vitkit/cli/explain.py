@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import checkpoint_flag, data_flag, device_flag
+from .common import checkpoint_flag, data_flag, device_flag, images_flag
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -39,9 +39,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                                    "the image at its original size, the raw map (.npy), the last layer's attention "
                                    "per head, and the top-k prediction (explain.json).")
     checkpoint_flag(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files to explain (any format PIL reads)")
+    images_flag(p, "to explain")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the overlays, maps and explain.json")
-    p.add_argument("--top-k", type=int, default=5, help="classes to report per image (default 5)")
     device_flag(p)
     p.set_defaults(func=_explain)
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .common import checkpoint_flag, compile_flag, device_flag
+from .common import checkpoint_flag, compile_flag, device_flag, images_flag
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -29,8 +29,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                                    "(size, channels, mean/std). Unreadable files are reported by name; the "
                                    "others are still predicted (exit status 1 if any failed).")
     checkpoint_flag(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format PIL reads)")
-    p.add_argument("--top-k", type=int, default=5, help="classes to show per image (default 5)")
+    images_flag(p, "to classify")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON (one object per image)")
     device_flag(p)
     compile_flag(p)

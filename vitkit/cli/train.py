@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import VitkitError
+from ..run_dir import RunDir
+from .common import resume_flag
 
 FLAGS = {  # flag -> config key
     "data": "data.spec", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optim.lr",
@@ -118,15 +120,14 @@ def _pretrain(args: argparse.Namespace) -> int:
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a model (default: the small ViT on the built-in 8x8 digits)",
-        description="Train a model into a run folder (config.yaml, metrics.jsonl, checkpoints/, curves.png, "
-                    "summary.json). Settings come from a preset or YAML file, then --set overrides, then the "
+        description=f"Train a model into a run folder ({RunDir.contents()}). Settings come from a preset or YAML file, then --set overrides, then the "
                     "flags below. With --data but no --model or --config, a model is sized for the images "
                     "(their median size, a patch giving about 64-196 tokens) and the choice is printed. "
                     "Ctrl-C stops after the current step and saves a resumable checkpoint.")
     add_run_flags(p, default_config="digits")
     p.add_argument("--model", metavar="NAME",
                    help="registered model name (see `vitkit models`; default: the preset's, or one sized for --data)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    resume_flag(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
@@ -154,5 +155,5 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--objective", default="mpp", choices=["mpp"], help="the pre-training objective (default mpp)")
     add_run_flags(p, default_config="mpp")
     p.add_argument("--model", metavar="NAME", help="registered ViT name (see `vitkit models`; default: the preset's)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its last checkpoint")
+    resume_flag(p)
     p.set_defaults(func=_pretrain)
