@@ -142,12 +142,31 @@ def available(names: list[str]) -> dict[str, Callable[[str], nn.Module]]:
 
 
 # --- one cell: a model, a mode, an implementation -------------------------------------------------
+# Where and in which precision every implementation runs (--device, --dtype): one setting for all.
+DEVICE, DTYPE = torch.device("cpu"), None
+DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _autocast():
+    return torch.autocast(DEVICE.type, dtype=DTYPE, enabled=DTYPE is not None)
+
+
+def _finish() -> None:
+    """A GPU runs asynchronously: a step counts once its kernels are done."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def make_cell(impl: str, name: str, mode: str) -> Cell:
     train, batch = MODES[mode]
     torch.manual_seed(0)
     model = IMPLS[impl](name)
+    if DEVICE.type != "cpu":
+        if impl == "vitkit_onnx":
+            raise ValueError("vitkit_onnx runs on onnxruntime's CPU provider only")
+        model = model.to(DEVICE)
     c = model_config(name)
-    x = torch.randn(batch, c.in_chans, *c.img_size)
+    x = torch.randn(batch, c.in_chans, *c.img_size, device=DEVICE)
     if not train:
         model.eval()
         if impl.startswith("vitkit"):
@@ -155,11 +174,12 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
             model = inference_model(model, compile=impl == "vitkit_compiled")
 
         def step() -> None:
-            with torch.inference_mode():
+            with torch.inference_mode(), _autocast():
                 model(x)
+            _finish()
         return Cell(step, batch)
     model.train()
-    y = torch.randint(0, c.num_classes, (batch,))
+    y = torch.randint(0, c.num_classes, (batch,), device=DEVICE)
     if impl.startswith("vitkit"):
         from vitkit.config import OptimConfig
         from vitkit.train.optim import build_optimizer
@@ -171,17 +191,23 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        loss_fn(net(x), y).backward()
+        with _autocast():
+            loss = loss_fn(net(x).float(), y)
+        loss.backward()
         opt.step()
+        _finish()
     return Cell(step, batch)
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 3) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    a = torch.randn(size, size, device=DEVICE, dtype=DTYPE or torch.float32)
+    b = torch.randn(size, size, device=DEVICE, dtype=DTYPE or torch.float32)
     a @ b
+    _finish()
     t0 = time.perf_counter()
     for _ in range(repeats):
         a @ b
+    _finish()
     return repeats * 2 * size ** 3 / (time.perf_counter() - t0) / 1e9
 
 
@@ -326,9 +352,22 @@ def main() -> None:
                     "(where this process's allocator settings apply to all alike)")
     ap.add_argument("--allocator", choices=("tuned", "default"), default="tuned",
                     help="in-process mode: this process's malloc thresholds (tuned: vitkit.tune_allocator())")
+    ap.add_argument("--device", default="cpu",
+                    help="where every implementation runs: cpu (default) or cuda[:N] (in-process mode only)")
+    ap.add_argument("--dtype", default="fp32", choices=list(DTYPES),
+                    help="autocast precision for every implementation (default fp32); the matmul too")
     ap.add_argument("--memory-probe", nargs=3, metavar=("IMPL", "MODEL", "MODE"), help=argparse.SUPPRESS)
     ap.add_argument("--serve", nargs=3, metavar=("IMPL", "MODEL", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global DEVICE, DTYPE
+    from vitkit.devices import resolve_device
+    from vitkit.errors import VitkitError
+    try:
+        DEVICE, DTYPE = resolve_device(args.device), DTYPES[args.dtype]
+    except VitkitError as e:
+        ap.error(str(e))
+    if DEVICE.type != "cpu" and (args.processes or not args.no_memory):
+        ap.error("--device cuda: in-process mode with --no-memory (peak RSS measures host memory)")
     torch.set_num_threads(args.threads)
     if args.serve:
         serve(*args.serve)
@@ -351,7 +390,9 @@ def main() -> None:
             if r["impl"] != "vitkit_compiled":  # its peak would be the compiler's
                 r["peak_mb"] = peak_memory_mb(r["impl"], r["model"], r["mode"], args.threads)
     if not args.memory_only:
+        gpu = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None
         result = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "torch": torch.__version__,
+                  "device": str(DEVICE), "gpu": gpu, "dtype": args.dtype,
                   "cpu_count": os.cpu_count(), "cpu": cpu_description(), "rounds": args.rounds,
                   "command": " ".join(sys.argv),
                   "processes": args.processes, "allocator": "per library" if args.processes else args.allocator}

@@ -56,6 +56,12 @@ ONE_LINE_ERRORS = [
     (["fewshot", "--checkpoint", "{root}/run", "--data", "digits", "--shots", "one"], "--shots expects"),
     (["fewshot", "--checkpoint", "{root}/run", "--data", "digits", "--shots", "100000"], "fewer than 100000 shots"),
     (["models", "--filter", "nomatch"], "no registered model matches 'nomatch'"),
+    (["eval", "--checkpoint", "{root}/run", "--data", "digits", "--device", "gpu"], "unknown device 'gpu': use cuda"),
+    (["predict", "--checkpoint", "{root}/run", "--device", "cuda:99", "{root}/bare.safetensors"], "cuda:99"),
+    (["explain", "--checkpoint", "{root}/run", "--out", "{root}/ex", "--device", "tpu", "{root}/bare.safetensors"],
+     "unknown device 'tpu'"),
+    (["analyze", "--checkpoint", "{root}/run", "--data", "digits", "--out", "{root}/an", "--device", "cuda:99"], "cuda:99"),
+    (["train", "--device", "cuda:99"], "cuda:99"),
     (["data", "pack", "--data", "digits", "--out", "{root}/pk", "--shard-size", "0"], "--shard-size must be"),
 ]
 

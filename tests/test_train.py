@@ -177,7 +177,7 @@ def test_gradients_are_clipped_to_the_global_norm(tmp_path):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_interrupted_and_resumed_run_ends_with_same_weights(tmp_path, workers):
     extra = ["model.drop_path_rate=0.1", "model.drop_rate=0.1", "aug.randaugment_n=1", "aug.mixup=0.2",
-             "train.deterministic=true", f"data.num_workers={workers}", "optim.accum_steps=2"]
+             "train.deterministic=true", f"data.num_workers={workers}", "optim.accum_steps=2", "train.ema_decay=0.9"]
     full = train(quick_cfg(tmp_path / "full", *extra), progress=False)
 
     def stop_mid_epoch(trainer):

@@ -24,7 +24,8 @@ class DataConfig:
                                      # | shards:DIR/train-{000000..000099}.tar (written by `vitkit data pack`)
     val_fraction: float = 0.1        # carved from the training data when the source has no val split
     test_fraction: float = 0.2       # held out of an image folder that has no test split
-    num_workers: int = 0             # DataLoader worker processes
+    num_workers: int = -1            # DataLoader worker processes; -1: 0 on CPU (the loader outpaces a CPU's
+                                     # training, benchmarks in docs/training.md), up to 4 beside a GPU
     download: bool = False           # fetch mnist / cifar into DIR, with checksum verification
     strict: bool = False             # unreadable images: error instead of skip-with-warning
     limit_train: int = 0             # train on a stratified random N of the training images (0: all)
@@ -68,7 +69,7 @@ class TrainConfig:
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "cpu"              # cpu | cuda | cuda:N | mps
-    amp: str = "none"                # none | bf16 | fp16 (fp16 on CUDA only)
+    amp: str = "none"                # none | bf16 | fp16 (fp16 with loss scaling, GradScaler; on CPUs emulated unless native)
     ema_decay: float = 0.0           # EMA of weights (0: off); evaluation then uses the EMA weights
     log_every: int = 50              # steps between metric lines
     checkpoint_every: int = 0        # also save `last` every N steps (0: at epoch ends only)
@@ -108,7 +109,7 @@ class RunConfig:
 SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
 CHOICES = {("optim", "name"): ("adamw", "adam", "sgd"), ("optim", "schedule"): ("cosine", "linear", "constant"),
            ("train", "amp"): ("none", "bf16", "fp16"), ("train", "objective"): ("classify", "mpp")}
-NON_NEGATIVE = {"weight_decay", "min_lr", "clip_grad", "warmup_epochs", "warmup_steps", "mixup", "cutmix", "num_workers",
+NON_NEGATIVE = {"weight_decay", "min_lr", "clip_grad", "warmup_epochs", "warmup_steps", "mixup", "cutmix",
                 "crop_padding", "randaugment_n", "ema_decay", "checkpoint_every", "threads", "limit_train"}
 POSITIVE = {"epochs", "batch_size", "eval_batch_size", "accum_steps", "log_every"}
 FRACTIONS = {"val_fraction", "test_fraction", "label_smoothing", "beta1", "beta2", "momentum", "rrc_scale_min"}
@@ -192,6 +193,8 @@ def validate(cfg: RunConfig, explicit: set[tuple[str, str]] = frozenset()) -> No
                 raise VitkitError(f"{where} must be > 0, got {v}")
             if f.name in FRACTIONS and not 0 <= v < 1:
                 raise VitkitError(f"{where} must be in [0, 1), got {v}")
+    if cfg.data.num_workers < -1:
+        raise VitkitError(f"data.num_workers must be >= 0 (or -1: chosen for the device), got {cfg.data.num_workers}")
     if cfg.optim.lr <= 0:
         raise VitkitError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     check_ignored(cfg, explicit)

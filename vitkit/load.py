@@ -13,6 +13,7 @@ from torch import nn
 
 from .checkpoint import is_vitkit_file, load_weights
 from .data.transforms import Preprocess
+from .devices import resolve_device
 from .errors import VitkitError
 from .run_dir import RunDir
 
@@ -51,7 +52,9 @@ def resolve_weights(path: str | Path) -> Path:
 
 
 def load(source: str | Path, device: str | torch.device = "cpu") -> Loaded:
-    """The model `source` describes, loaded, in eval mode, with its metadata (preprocessing, classes)."""
+    """The model `source` describes, loaded, in eval mode, with its metadata (preprocessing, classes).
+    `device` is checked first (`cuda` on a machine without one, `cuda:9`, `gpu`: one-line errors)."""
+    device = resolve_device(device)
     s = str(source)
     if s.endswith(".onnx"):
         if not Path(s).is_file():

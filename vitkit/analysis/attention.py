@@ -92,4 +92,4 @@ def mean_attention_distance(model: nn.Module, batches, max_images: int = 128) ->
             break
     if not seen:
         raise VitkitError("no images to measure attention distance on")
-    return total / seen
+    return (total / seen).cpu()  # (layers, heads): a result to plot and save, on the CPU

@@ -19,7 +19,7 @@ def position_similarity(model: nn.Module) -> Tensor:
         pos = model.position_embedding(grid)
     if pos is None:
         raise VitkitError(f"pos_embed='{model.cfg.pos_embed}' has no absolute position embeddings to compare")
-    table = F.normalize(pos[0, model.num_prefix_tokens:].detach().float(), dim=-1)
+    table = F.normalize(pos[0, model.num_prefix_tokens:].detach().float().cpu(), dim=-1)  # small: on the CPU
     return (table @ table.T).reshape(*grid, *grid)
 
 
@@ -45,7 +45,7 @@ def embedding_filters_pca(model: nn.Module, k: int = 28) -> tuple[Tensor, Tensor
     variance ratios. For a hybrid, the filters act on feature-map channels, so they are not images."""
     if getattr(model.patch_embed, "backbone", None) is not None:
         raise VitkitError("a hybrid's patch embedding acts on ResNet features, not pixels: no filter images")
-    w = model.patch_embed.proj.weight.detach().float()  # D, C, P, P
+    w = model.patch_embed.proj.weight.detach().float().cpu()  # D, C, P, P (small: on the CPU)
     flat = w.reshape(w.shape[0], -1)
     flat = flat - flat.mean(dim=0, keepdim=True)
     _, s, vh = torch.linalg.svd(flat, full_matrices=False)

@@ -39,7 +39,7 @@ def add_run_flags(p: argparse.ArgumentParser, default_config: str) -> None:
     p.add_argument("--out", metavar="DIR", help="run folder (default runs/<timestamp>-<model>)")
     p.add_argument("--seed", type=int, help="seed for initialisation, data order and augmentation")
     p.add_argument("--device", help="where to train: cpu, cuda, cuda:N or mps (default cpu)")
-    p.add_argument("--workers", type=int, help="data-loading worker processes (default 0: in the training process)")
+    p.add_argument("--workers", type=int, help="data-loading worker processes (default: none on a CPU, up to 4 beside a GPU)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute each block's activations in the backward pass: less memory, ~30%% more compute")
     p.add_argument("--fsdp", action="store_true",

@@ -169,11 +169,13 @@ def build_data(cfg: DataConfig, aug: AugConfig, img_size: tuple[int, int], in_ch
                       train.typical_size() if stream is None else None)
 
 
-def make_loader(ds: ImageDataset, batch_size: int, workers: int, sampler: EpochBatches | None = None) -> DataLoader:
+def make_loader(ds: ImageDataset, batch_size: int, workers: int, sampler: EpochBatches | None = None,
+                pin_memory: bool = False) -> DataLoader:
+    """`pin_memory`: page-locked batches, so copies to a GPU run asynchronously."""
     sampler = sampler or EpochBatches(len(ds), batch_size, 0, shuffle=False)
     return DataLoader(ds, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
                       generator=torch.Generator().manual_seed(0), persistent_workers=False,
-                      multiprocessing_context="fork" if workers else None)
+                      multiprocessing_context="fork" if workers else None, pin_memory=pin_memory)
 
 
 def measure_loader(loader: DataLoader, max_batches: int = 20) -> float:

@@ -196,4 +196,4 @@ def _beta(alpha: float, g: torch.Generator) -> float:
 
 def one_hot(y: Tensor, num_classes: int, smoothing: float = 0.0) -> Tensor:
     off = smoothing / num_classes
-    return torch.full((y.shape[0], num_classes), off).scatter_(1, y[:, None], 1 - smoothing + off)
+    return torch.full((y.shape[0], num_classes), off, device=y.device).scatter_(1, y[:, None], 1 - smoothing + off)

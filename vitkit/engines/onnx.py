@@ -50,14 +50,16 @@ class OnnxModel(nn.Module):
         self.num_classes = self.cfg.num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits on the device the images came from (onnxruntime's CPU provider runs on the CPU)."""
+        device = x.device
         x = x.detach().float().cpu().contiguous()
         if self.parts > 1 and len(x) > 1:
             slices = x.tensor_split(min(self.parts, len(x)))
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(self.parts - 1, thread_name_prefix="vitkit-onnx")
             rest = [self._pool.submit(self._run, s) for s in slices[1:]]
-            return torch.cat([self._run(slices[0])] + [f.result() for f in rest])
-        return self._run(x)
+            return torch.cat([self._run(slices[0])] + [f.result() for f in rest]).to(device)
+        return self._run(x).to(device)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"images": x.contiguous().numpy()})[0])

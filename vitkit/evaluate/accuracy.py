@@ -56,31 +56,32 @@ class Evaluation:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: str | torch.device = "cpu",
              autocast_dtype: torch.dtype | None = None) -> Evaluation:
+    """Sums stay on the device and are read once at the end: no host synchronisation per batch."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
-    loss_sum, n, top1, top5 = 0.0, 0, 0, 0
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    skipped: list[str] = []
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    hits = torch.zeros(2, dtype=torch.int64, device=device)  # top-1, top-5
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    n, skipped = 0, []
     for batch in loader:
         skipped += batch["skipped"]
         if batch["x"] is None:
             continue
-        x, y = batch["x"].to(device), batch["y"].to(device)
+        x, y = (batch[k].to(device, non_blocking=True) for k in ("x", "y"))
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = model(x)
         logits = logits.float()
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        top1 += (top[:, 0] == y).sum().item()
-        top5 += (top == y[:, None]).any(dim=1).sum().item()
-        confusion += torch.bincount(y.cpu() * num_classes + top[:, 0].cpu(),
-                                    minlength=num_classes * num_classes).view(num_classes, num_classes)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum")
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits += torch.stack([(top[:, 0] == y).sum(), (top == y[:, None]).any(dim=1).sum()])
+        confusion += torch.bincount(y * num_classes + top[:, 0], minlength=num_classes * num_classes)
         n += len(y)
     model.train(was_training)
     n_safe = max(n, 1)
-    return Evaluation(loss_sum / n_safe, top1 / n_safe, top5 / n_safe, n, confusion, skipped)
+    top1, top5 = hits.tolist()
+    return Evaluation(loss_sum.item() / n_safe, top1 / n_safe, top5 / n_safe, n,
+                      confusion.cpu().view(num_classes, num_classes), skipped)
 
 
 def plot_confusion(confusion: Tensor, classes: list[str], path: Path, title: str = "") -> None:

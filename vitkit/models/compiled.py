@@ -14,6 +14,10 @@ from torch import nn
 
 
 def compiled(module: nn.Module, freeze: bool = False) -> nn.Module:
-    """`module` compiled for fixed input shapes (a new batch size compiles once more). `freeze` treats
-    the weights as constants, which lets the compiler pre-pack them: inference only."""
-    return torch.compile(module, dynamic=False, options={"cpp_wrapper": True, "freezing": freeze})
+    """`module` compiled for fixed input shapes (a new batch size compiles once more). On a CPU, `freeze`
+    treats the weights as constants, which lets the compiler pre-pack them for oneDNN (inference only),
+    and the C++ wrapper calls the kernels; both were measured there, so a GPU keeps inductor's defaults."""
+    param = next(module.parameters(), None)
+    on_cpu = param is None or param.device.type == "cpu"
+    options = {"cpp_wrapper": True, "freezing": freeze} if on_cpu else {}
+    return torch.compile(module, dynamic=False, options=options)

@@ -73,6 +73,17 @@ def learned_2d(row: Tensor, col: Tensor) -> Tensor:
     return torch.cat([rows, cols], dim=-1).reshape(1, gh * gw, -1)
 
 
+def cached(cache: dict, key: tuple, build):
+    """`build()` once per key (grid, device, dtype): position tables and offsets that only depend on the
+    grid are not rebuilt and copied to the device in every block of every forward. While tracing for
+    export, the graph must compute them from the input's size, so nothing is cached then."""
+    if torch.jit.is_tracing():
+        return build()
+    if key not in cache:
+        cache[key] = build()
+    return cache[key]
+
+
 def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> Tensor:
     """Fixed 2D sine-cosine table (1, H*W, D): a quarter of the channels per sin/cos of row/column."""
     gh, gw = grid
@@ -82,6 +93,14 @@ def sincos_2d(grid: tuple[int, int], dim: int, temperature: float = 10000.0) -> 
     y = y.flatten()[:, None] * omega[None, :]
     x = x.flatten()[:, None] * omega[None, :]
     return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)[None]
+
+
+def relative_offsets(grid: tuple[int, int], device: torch.device) -> tuple[Tensor, Tensor]:
+    """(N, N) row and column offsets of every pair of patches, shifted to index the offset table."""
+    gh, gw = grid
+    ys, xs = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    ys, xs = ys.flatten(), xs.flatten()
+    return ys[:, None] - ys[None, :] + gh - 1, xs[:, None] - xs[None, :] + gw - 1
 
 
 class RelativePositionBias(nn.Module):
@@ -100,6 +119,7 @@ class RelativePositionBias(nn.Module):
         self.table = nn.Parameter(torch.zeros(num_heads, 2 * grid[0] - 1, 2 * grid[1] - 1))
         self.prefix = nn.Parameter(torch.zeros(num_heads, 3)) if num_prefix_tokens else None
         nn.init.trunc_normal_(self.table, std=0.02)
+        self._offsets: dict = {}
 
     def table_for(self, grid: tuple[int, int]) -> Tensor:
         size = (2 * grid[0] - 1, 2 * grid[1] - 1)
@@ -107,12 +127,8 @@ class RelativePositionBias(nn.Module):
 
     def forward(self, grid: tuple[int, int]) -> Tensor:
         """The additive attention bias, shape (heads, T, T) with T = prefix + H*W."""
-        gh, gw = grid
         table = self.table_for(grid)
-        ys, xs = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
-        ys, xs = ys.flatten().to(table.device), xs.flatten().to(table.device)
-        dy = ys[:, None] - ys[None, :] + gh - 1
-        dx = xs[:, None] - xs[None, :] + gw - 1
+        dy, dx = cached(self._offsets, (tuple(grid), table.device), lambda: relative_offsets(grid, table.device))
         bias = table[:, dy, dx]  # (heads, N, N)
         if self.prefix is None:
             return bias

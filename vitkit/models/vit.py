@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import VitkitError
 from .config import ViTConfig
-from .pos_embed import RelativePositionBias, learned_2d, resample_1d, resample_abs_pos_embed, sincos_2d
+from .pos_embed import RelativePositionBias, cached, learned_2d, resample_1d, resample_abs_pos_embed, sincos_2d
 from .resnet import ResNetFeatures, zero_head
 
 
@@ -215,6 +215,7 @@ class VisionTransformer(nn.Module):
             self.num_features = cfg.representation_size
         self.head = nn.Linear(self.num_features, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.grad_checkpointing = False
+        self._tables: dict = {}  # fixed position tables per (grid, device, dtype)
         self.init_weights()
 
     # --- initialisation, as in the official code -------------------------------------------------
@@ -244,7 +245,8 @@ class VisionTransformer(nn.Module):
             table = learned_2d(row, col)
             return table if self.pos_embed_cls is None else torch.cat([self.pos_embed_cls, table], dim=1)
         if cfg.pos_embed == "sincos":
-            table = sincos_2d(grid, self.embed_dim).to(self.patch_embed.proj.weight)
+            w = self.patch_embed.proj.weight
+            table = cached(self._tables, (tuple(grid), w.device, w.dtype), lambda: sincos_2d(grid, self.embed_dim).to(w))
             return F.pad(table, (0, 0, self.num_prefix_tokens, 0))  # the class token gets no position
         return None  # "rel" acts inside attention; "none" has no position information
 

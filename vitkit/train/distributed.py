@@ -8,7 +8,7 @@ So one config trains the same model on 1 process or on N, and a run resumes on a
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,8 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # where the collectives' tensors live: nccl serves CUDA tensors only, gloo CPU ones
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def enabled(self) -> bool:
@@ -40,7 +42,7 @@ class DistContext:
         """Element-wise sum over all processes (float64, so counts stay exact)."""
         if not self.enabled:
             return list(values)
-        t = torch.tensor(values, dtype=torch.float64)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.tolist()
 
@@ -48,7 +50,7 @@ class DistContext:
         """True only if `flag` holds on every process: keeps all ranks on the same control path."""
         if not self.enabled:
             return flag
-        t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self.device)
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return bool(t.item())
 
@@ -69,12 +71,21 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device]:
         raise VitkitError("this PyTorch build has no torch.distributed; cannot run under torchrun")
     rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
     if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if local >= count:
+            raise VitkitError(f"LOCAL_RANK={local} but this machine has {count} GPU{'s' if count != 1 else ''}: "
+                              f"launch at most {count} processes per node (torchrun --nproc_per_node {count})")
         device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
         dist.init_process_group(backend, rank=rank, world_size=world)
-    return DistContext(rank, world, local), device
+    return DistContext(rank, world, local, collective_device(dist.get_backend(), device)), device
+
+
+def collective_device(backend: str, device: torch.device) -> torch.device:
+    """The device whose tensors `backend` reduces: the run's GPU for nccl, the CPU for gloo."""
+    return device if backend == "nccl" else torch.device("cpu")
 
 
 def agree_on(value: str) -> str:

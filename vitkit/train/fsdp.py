@@ -15,25 +15,39 @@ from ..errors import VitkitError
 
 def _api():
     try:
-        from torch.distributed.fsdp import fully_shard
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict, set_model_state_dict,
                                                              set_optimizer_state_dict)
     except ImportError as e:
         raise VitkitError(f"train.fsdp needs PyTorch >= 2.6 (torch.distributed.fsdp.fully_shard): {e}") from None
     return (fully_shard, StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
-            set_optimizer_state_dict)
+            set_optimizer_state_dict, MixedPrecisionPolicy)
 
 
-def shard_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Shard every block, then the rest (embeddings, norm, head) as the root group; returns `model`."""
-    fully_shard = _api()[0]
+def shard_model(model: nn.Module, device: torch.device, world_size: int,
+                compute_dtype: torch.dtype | None = None) -> nn.Module:
+    """Shard every block, then the rest (embeddings, norm, head) as the root group; returns `model`.
+
+    The mesh is built on the run's device, so a CPU model is moved there shard by shard (no process
+    ever holds the whole model on the GPU). With bf16/fp16 autocast the gathered parameters are cast
+    to that dtype (half the all-gather traffic) while gradients are reduced in fp32."""
+    api = _api()
+    fully_shard, MixedPrecisionPolicy = api[0], api[-1]
+    from torch.distributed.device_mesh import init_device_mesh
+
     groups = list(getattr(model, "blocks", [])) or list(getattr(getattr(model, "features", None), "stages", []))
+    encoder = getattr(model, "encoder", None)  # masked patch prediction wraps the ViT
+    if not groups and encoder is not None:
+        groups = list(getattr(encoder, "blocks", []))
     if not groups:
         raise VitkitError(f"train.fsdp: do not know how to shard {type(model).__name__}")
+    mesh = init_device_mesh(device.type, (world_size,))
+    policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32) if compute_dtype else None
+    kw = {"mesh": mesh, **({"mp_policy": policy} if policy else {})}
     for block in groups:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, **kw)
+    fully_shard(model, **kw)
     return model
 
 
@@ -52,7 +66,7 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
 
 
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
-    _, Options, _, _, set_model, set_optim = _api()
+    _, Options, _, _, set_model, set_optim, _ = _api()
     options = Options(full_state_dict=True)
     set_model(model, model_state, options=options)
     set_optim(model, optimizer, optim_state, options=options)

@@ -19,7 +19,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .. import rng
+from .. import devices, rng
+from ..devices import resolve_device
 from ..checkpoint import load_state, load_state_dict_checked, load_weights, model_meta, save_state, save_weights
 from ..config import RunConfig, build_config, save_config
 from ..data.datasets import EpochBatches, build_data, make_loader, measure_loader
@@ -37,18 +38,6 @@ from ..run_dir import RunDir
 from .run_log import MetricsLog, plot_curves
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise VitkitError(f"unknown device '{name}' (cpu, cuda, cuda:N, mps)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VitkitError(f"device '{name}' requested but CUDA is not available on this machine")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise VitkitError("device 'mps' requested but MPS is not available on this machine")
-    return device
 
 
 class Trainer:
@@ -73,18 +62,18 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         if t.threads:
             torch.set_num_threads(t.threads)
-        if t.deterministic:
-            torch.use_deterministic_algorithms(True, warn_only=True)
+        devices.configure(self.device, t.deterministic)
         self.amp_dtype = AMP_DTYPES[t.amp]
-        if t.amp == "fp16" and self.device.type != "cuda":
-            raise VitkitError("train.amp=fp16 needs a CUDA device; use bf16 or none on CPU")
         torch.manual_seed(rng.seed_for(t.seed, "init"))
         self.local_batch = self.dist.local_batch(t.batch_size)
         self.local_eval_batch = -(-t.eval_batch_size // self.dist.world_size)
         model = self._pretrained_model() if t.init else self._new_model()
         self.objective = objective_for(t.objective, self.data.num_classes, cfg.aug, self.data.pre)
         model = self.objective.build(model)
-        self.model = model.to(self.device)
+        self.workers = devices.loader_workers(cfg.data.num_workers, self.device)
+        self.pin = devices.pin_memory(self.device)
+        # FSDP moves each shard to the device itself: the whole model never sits on one GPU
+        self.model = model if t.fsdp else model.to(self.device)
         self.model_cfg = model.cfg
         self.params = count_params(self.model_cfg)
         if t.grad_checkpointing:
@@ -104,7 +93,7 @@ class Trainer:
 
             self.sampler = ShardStream(self.data.stream, self.data.train.transform, self.local_batch, t.seed,
                                        cfg.data.shuffle_buffer, self.dist.rank, self.dist.world_size,
-                                       cfg.data.num_workers)
+                                       self.workers)
         else:
             self.sampler = EpochBatches(len(self.data.train), t.batch_size, t.seed, shuffle=True,
                                         drop_last=len(self.data.train) > t.batch_size or self.dist.enabled,
@@ -117,11 +106,12 @@ class Trainer:
         self.total_steps = t.epochs * self.steps_per_epoch
         self.warmup = warmup_steps(cfg.optim, self.steps_per_epoch)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
-        self.scaler = torch.amp.GradScaler("cuda") if t.amp == "fp16" else None
+        # fp16 needs loss scaling; GradScaler finds the scale by trial: an overflow skips that step and halves it
+        self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_acc, self.best_loss, self.best_step = -1.0, float("inf"), 0
         self.skipped: set[str] = set()
-        self.nonfinite_skipped = 0
+        self.nonfinite_skipped = self.overflow_skipped = 0
         self.running = {"loss": 0.0, "correct": 0, "seen": 0, "images": 0}
         if self.resume:
             if self.dist.is_main:
@@ -138,7 +128,7 @@ class Trainer:
                 raise VitkitError("train.fsdp=true needs several processes: launch with torchrun --nproc_per_node N")
             from .fsdp import shard_model
 
-            return shard_model(model, self.device)
+            return shard_model(model, self.device, self.dist.world_size, self.amp_dtype)
         if not self.dist.enabled:
             return model
         from torch.nn.parallel import DistributedDataParallel
@@ -192,9 +182,10 @@ class Trainer:
         else:
             optim_state = self.optimizer.state_dict()
         return {"model": self._model_state(), "optimizer": optim_state, "step": self.step,
-                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": torch.get_rng_state(),
+                "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": devices.rng_state(self.device),
                 "ema": self.ema.shadow if self.ema else None, "best_acc": self.best_acc, "best_loss": self.best_loss, "best_step": self.best_step,
                 "running": dict(self.running), "skipped": sorted(self.skipped),
+                "overflow_skipped": self.overflow_skipped,
                 "scaler": self.scaler.state_dict() if self.scaler else None}
 
     def _load_state(self) -> None:
@@ -210,10 +201,11 @@ class Trainer:
         self.best_acc, self.best_loss, self.best_step = st["best_acc"], st["best_loss"], st["best_step"]
         self.running, self.skipped = st["running"], set(st["skipped"])
         if self.ema and st["ema"] is not None:
-            self.ema.shadow = st["ema"]
+            self.ema.shadow = {k: v.to(self.device) for k, v in st["ema"].items()}  # saved on the CPU
         if self.scaler and st["scaler"]:
             self.scaler.load_state_dict(st["scaler"])
-        torch.set_rng_state(st["rng"])
+        self.overflow_skipped = st.get("overflow_skipped", 0)
+        devices.set_rng_state(st["rng"], self.device)
 
     def eval_model(self) -> nn.Module:
         """The weights to evaluate and publish: the EMA if kept, else the model (whole, even under FSDP)."""
@@ -241,10 +233,9 @@ class Trainer:
         `sync=False` (an accumulation micro-batch) keeps DDP from all-reducing gradients yet."""
         cfg = self.cfg
         loss, correct, n, images, loss_t = float("nan"), 0, 0, 0, None
-        no_sync = getattr(self.net, "no_sync", None)
-        with contextlib.nullcontext() if sync or no_sync is None else no_sync():
+        with contextlib.nullcontext() if sync else self._no_gradient_sync():
             if batch["x"] is not None:
-                x, y = batch["x"].to(self.device), batch["y"].to(self.device)
+                x, y = (batch[k].to(self.device, non_blocking=self.pin) for k in ("x", "y"))
                 images = len(y)
                 g = rng.generator(cfg.train.seed, self.objective.rng_purpose, self.epoch, self.batch_in_epoch)
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -261,6 +252,21 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         return verdict, loss, correct, n, images
 
+    @contextlib.contextmanager
+    def _no_gradient_sync(self):
+        """An accumulation micro-batch: gradients stay local (DDP's no_sync; FSDP skips its reduce-scatter)."""
+        if hasattr(self.net, "no_sync"):
+            with self.net.no_sync():
+                yield
+        elif hasattr(self.net, "set_requires_gradient_sync"):
+            self.net.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.net.set_requires_gradient_sync(True)
+        else:
+            yield
+
     def _optimizer_step(self) -> float:
         lr = lr_at(self.step, self.total_steps, self.warmup, self.cfg.optim)
         for group in self.optimizer.param_groups:
@@ -272,7 +278,12 @@ class Trainer:
         if hasattr(norm, "full_tensor"):  # FSDP: a sharded (DTensor) norm
             norm = norm.full_tensor()
         if not torch.isfinite(norm):
-            self._nonfinite(f"gradient norm became {float(norm)}")
+            if self.scaler:  # an fp16 overflow: the scaler skips the step and lowers its scale, as designed
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.overflow_skipped += 1
+            else:
+                self._nonfinite(f"gradient norm became {float(norm)}")
             self.optimizer.zero_grad(set_to_none=True)
             return lr
         if self.scaler:
@@ -351,15 +362,15 @@ class Trainer:
 
     def _train_loader(self, skip: int = 0):
         """This epoch's batches for this process, after the first `skip` (mid-epoch resume)."""
-        workers = self.cfg.data.num_workers
+        workers = self.workers
         if isinstance(self.sampler, EpochBatches):
             self.sampler.skip = skip
-            return make_loader(self.data.train, self.local_batch, workers, self.sampler)
+            return make_loader(self.data.train, self.local_batch, workers, self.sampler, self.pin)
         from itertools import islice
 
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(self.sampler, batch_size=None, num_workers=workers,
+        loader = DataLoader(self.sampler, batch_size=None, num_workers=workers, pin_memory=self.pin,
                             multiprocessing_context="fork" if workers else None)
         return islice(loader, skip, self.batches_per_epoch)  # a stream may hold more: all processes stop together
 
@@ -437,7 +448,7 @@ class Trainer:
         t = self.cfg.train
         sampler = EpochBatches(len(ds), t.eval_batch_size, 0, shuffle=False, rank=self.dist.rank,
                                world_size=self.dist.world_size)
-        loader = make_loader(ds, self.local_eval_batch, self.cfg.data.num_workers, sampler)
+        loader = make_loader(ds, self.local_eval_batch, self.workers, sampler, self.pin)
         g = rng.generator(t.seed, "mask_eval", self.dist.rank)  # the same every epoch, so epochs compare
         ev = self.objective.evaluate(model, loader, self.device, self.amp_dtype, g)
         if not self.dist.enabled:
@@ -486,6 +497,7 @@ class Trainer:
             "img_s": _mean([r["img_s"] for r in records if r.get("kind") == "epoch"]),
             "loader_img_s": round(loader_rate, 1), "skipped_files": len(self.skipped),
             "skipped": sorted(self.skipped)[:100], "nonfinite_steps_skipped": self.nonfinite_skipped,
+            "overflow_steps_skipped": self.overflow_skipped,
             "run_dir": str(self.run_dir),
         }
         if status == "completed" and self.objective.scores_test:
