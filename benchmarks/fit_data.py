@@ -57,7 +57,8 @@ def main() -> None:
     spec = f"folder:{data}"
     rows = [run(["--data", spec], out / "fitted"), run(["--data", spec, "--model", "vit_digits_patch4_8"], out / "digits")]
     from common import cpu_description
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "rows": rows}
+    from vitkit.machine import describe
+    result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "machine": describe(), "rows": rows}
     (out / "fit_data.json").write_text(json.dumps(result, indent=2))
     for r in rows:
         print(f"{r['model']} ({r['params']:,} params): test {100 * r['test_acc']:.2f}% in {r['wall_s']} s; "

@@ -35,6 +35,7 @@ from vitkit.data.transforms import Preprocess
 from vitkit.evaluate import evaluate, evaluate_checkpoint
 from vitkit.engines.onnx import OnnxModel
 from vitkit.export import export_int8, export_onnx
+from vitkit.machine import describe
 from vitkit.models.inference import inference_model
 from vitkit.runtime import tune_allocator
 
@@ -161,7 +162,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "cpu": cpu_description(),
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "cpu": cpu_description(), "machine": describe(),
                                "rows": rows}, indent=2))
     compared = ("onnx_fp32", "onnx_int8", "onnx_int8_whole", "onnx_int8_unfused", "torch_dynamic_int8")
     print("| model | vitkit fp32 img/s | onnx fp32 | onnx int8 (vitkit: fused attention, batch split) | "

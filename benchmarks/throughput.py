@@ -49,6 +49,7 @@ from torch import nn
 
 from common import MODELS, MODES, Cell, cpu_description, model_name, random_checkpoint, time_cell
 from vitkit.cost import vit_cost
+from vitkit.machine import describe
 from vitkit.models import model_config
 from vitkit.models.compiled import compiled
 
@@ -393,7 +394,7 @@ def main() -> None:
         gpu = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else None
         result = {"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "torch": torch.__version__,
                   "device": str(DEVICE), "gpu": gpu, "dtype": args.dtype,
-                  "cpu_count": os.cpu_count(), "cpu": cpu_description(), "rounds": args.rounds,
+                  "cpu_count": os.cpu_count(), "cpu": cpu_description(), "machine": describe(), "rounds": args.rounds,
                   "command": " ".join(sys.argv),
                   "processes": args.processes, "allocator": "per library" if args.processes else args.allocator}
     result["rows"] = rows

@@ -1,5 +1,11 @@
+import os
+
 import pytest
 import torch
+
+# Tests that compare exact values run in fp32 on every kind of machine (on a CPU with native bf16,
+# `auto` would pick bf16); set before any test so subprocesses (the CLI, torchrun) inherit it too.
+os.environ["VITKIT_AUTO_PRECISION"] = "fp32"
 
 
 @pytest.fixture(autouse=True)

@@ -82,7 +82,7 @@ def test_the_fused_kernel_runs_at_every_token_count(tokens_side, monkeypatch):
 
 def test_a_digits_epoch_on_cuda_in_bf16_matches_the_cpu(tmp_path):
     cpu = train(build_config(None, RUN + ["train.epochs=3", f"train.out={tmp_path / 'cpu'}"]), progress=False)
-    gpu = train(build_config(None, RUN + ["train.epochs=3", "train.device=cuda", "train.amp=bf16",
+    gpu = train(build_config(None, RUN + ["train.epochs=3", "train.device=cuda", "train.precision=bf16",
                                           f"train.out={tmp_path / 'gpu'}"]), progress=False)
     assert abs(gpu["test_acc"] - cpu["test_acc"]) <= 0.01, (gpu["test_acc"], cpu["test_acc"])
 
@@ -90,7 +90,7 @@ def test_a_digits_epoch_on_cuda_in_bf16_matches_the_cpu(tmp_path):
 def test_an_fp16_overflow_is_one_skipped_step(tmp_path, monkeypatch):
     real = torch.amp.GradScaler
     monkeypatch.setattr(torch.amp, "GradScaler", lambda device, **kw: real(device, init_scale=2.0 ** 60))
-    s = train(build_config(None, RUN + ["train.epochs=1", "train.device=cuda", "train.amp=fp16",
+    s = train(build_config(None, RUN + ["train.epochs=1", "train.device=cuda", "train.precision=fp16",
                                         f"train.out={tmp_path / 'fp16'}"]), progress=False)
     assert s["status"] == "completed" and s["overflow_steps_skipped"] >= 1 and s["nonfinite_steps_skipped"] == 0
 

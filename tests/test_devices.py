@@ -76,7 +76,7 @@ def test_an_fp16_overflow_skips_one_step_and_training_goes_on(tmp_path, monkeypa
         return scalers[-1]
 
     monkeypatch.setattr(torch.amp, "GradScaler", huge_scale)
-    s = train(build_config(None, TINY + ["train.amp=fp16", "train.epochs=2", f"train.out={tmp_path / 'r'}"]),
+    s = train(build_config(None, TINY + ["train.precision=fp16", "train.epochs=2", f"train.out={tmp_path / 'r'}"]),
               progress=False)
     assert s["status"] == "completed" and s["overflow_steps_skipped"] >= 1 and s["nonfinite_steps_skipped"] == 0
     assert s["steps"] > s["overflow_steps_skipped"] and scalers[0].get_scale() < 2.0 ** 40

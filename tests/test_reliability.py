@@ -270,7 +270,7 @@ def test_wrong_dtype_and_nan_weights(tmp_path):
     ("train.epochs=1.5", "train.epochs: expected an integer"),
     ("aug.label_smoothing=2", "aug.label_smoothing"),
     ("model.drop_path_rate=1.0", "drop_path_rate must be in [0, 1)"),
-    ("train.amp=fp8", "train.amp"),
+    ("train.precision=fp8", "train.precision"),
 ])
 def test_impossible_values_are_refused_with_key_and_reason(tmp_path, override, needle):
     with pytest.raises(VitkitError) as e:

@@ -69,7 +69,8 @@ class TrainConfig:
     eval_batch_size: int = 512
     seed: int = 0
     device: str = "cpu"              # cpu | cuda | cuda:N | mps
-    amp: str = "none"                # none | bf16 | fp16 (fp16 with loss scaling, GradScaler; on CPUs emulated unless native)
+    precision: str = "auto"          # auto | fp32 | bf16 | fp16: autocast over fp32 master weights; auto = bf16 where the
+                                     # hardware computes it natively, else fp32 (vitkit/precision.py); fp16 with loss scaling
     ema_decay: float = 0.0           # EMA of weights (0: off); evaluation then uses the EMA weights
     log_every: int = 50              # steps between metric lines
     checkpoint_every: int = 0        # also save `last` every N steps (0: at epoch ends only)
@@ -108,7 +109,8 @@ class RunConfig:
 
 SECTIONS = {f.name: f for f in dataclasses.fields(RunConfig)}
 CHOICES = {("optim", "name"): ("adamw", "adam", "sgd"), ("optim", "schedule"): ("cosine", "linear", "constant"),
-           ("train", "amp"): ("none", "bf16", "fp16"), ("train", "objective"): ("classify", "mpp")}
+           ("train", "precision"): ("auto", "fp32", "bf16", "fp16"), ("train", "objective"): ("classify", "mpp")}
+LEGACY = {("train", "amp"): ("precision", {"none": "fp32", "bf16": "bf16", "fp16": "fp16"})}  # key -> (new key, values)
 NON_NEGATIVE = {"weight_decay", "min_lr", "clip_grad", "warmup_epochs", "warmup_steps", "mixup", "cutmix",
                 "crop_padding", "randaugment_n", "ema_decay", "checkpoint_every", "threads", "limit_train"}
 POSITIVE = {"epochs", "batch_size", "eval_batch_size", "accum_steps", "log_every"}
@@ -263,7 +265,8 @@ def build_config(path: str | Path | None = None, overrides: list[str] | None = N
         _merge(cfg, section, {key: value})
         explicit.add((section, key))
     defaults = RunConfig()
-    changed = {(s, k) for s, k in explicit if s != "model" and getattr(getattr(cfg, s), k) != getattr(getattr(defaults, s), k)}
+    changed = {(s, k) for s, k in explicit if s != "model" and hasattr(getattr(cfg, s), k)  # (not a legacy key)
+               and getattr(getattr(cfg, s), k) != getattr(getattr(defaults, s), k)}
     validate(cfg, changed)  # a saved config.yaml lists every key: only values off their default count as set
     return cfg
 
@@ -284,6 +287,13 @@ def _merge(cfg: RunConfig, section: str, values: Any) -> None:
             cfg.model = {"name": values["name"]}
         cfg.model.update(values)
     else:
+        for (sec, old), (new, mapping) in LEGACY.items():  # a run folder written before the key was renamed
+            if sec == section and old in values:
+                values = dict(values)
+                value = values.pop(old)
+                if value not in mapping:
+                    raise unknown(f"{section}.{old} (now {section}.{new})", str(value), mapping)
+                values.setdefault(new, mapping[value])
         _apply_section(section, getattr(cfg, section), values)
 
 

@@ -27,6 +27,7 @@ from .engines.onnx import onnxruntime
 from .errors import VitkitError
 from .files import atomic_write
 from .load import load_checkpoint
+from .machine import describe
 
 FORMATS = ("onnx", "int8")
 FUSIONS = ("attention", "none")  # int8 graphs: onnxruntime's fused attention kernel / plain ONNX operators
@@ -115,7 +116,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
     PyTorch's (for a dynamic size, at the checkpoint's size and at a larger, non-square one)."""
     model, meta = _load_source(checkpoint, dynamic_size)
     out = Path(out)
-    meta = {**meta, "dynamic_size": dynamic_size}
+    meta = {**meta, "dynamic_size": dynamic_size, "machine": describe()}
     atomic_write(out, lambda tmp: _write_onnx(model, meta, tmp, opset, dynamic_size))
     result = _describe(model, out, opset, dynamic_size)
     if check:
@@ -143,7 +144,7 @@ def export_int8(checkpoint: str | Path, out: str | Path, opset: int = 17, check:
     model, meta = _load_source(checkpoint, dynamic_size)
     out = Path(out)
     meta = {**meta, "quantization": f"dynamic int8 (onnxruntime), per-channel weights, fuse={fuse}",
-            "dynamic_size": dynamic_size}
+            "dynamic_size": dynamic_size, "machine": describe()}
 
     def write(tmp: str) -> None:
         with tempfile.TemporaryDirectory() as d:

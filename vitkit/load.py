@@ -15,6 +15,8 @@ from .checkpoint import is_vitkit_file, load_weights
 from .data.transforms import Preprocess
 from .devices import resolve_device
 from .errors import VitkitError
+from .models.inference import inference_model
+from .precision import choose, in_precision
 from .run_dir import RunDir
 
 
@@ -36,6 +38,18 @@ class Loaded:
     @property
     def classes(self) -> list[str]:
         return list(self.meta.get("classes") or [str(i) for i in range(self.model.num_classes)])
+
+    def for_inference(self, precision: str = "auto", compile: bool = False) -> tuple[nn.Module, str, str]:
+        """(model ready for inference, the precision it computes in, why): `auto` follows vitkit.precision's
+        rule for the model's device; an exported file runs in the precision it was written in."""
+        params = list(self.model.parameters())
+        if not params:
+            if precision not in ("auto", "fp32"):
+                raise VitkitError(f"--precision {precision}: {self.source} is an exported file, which runs in the "
+                                  f"precision it was written in")
+            return inference_model(self.model), "as exported", "an exported file runs as it was written"
+        chosen, why = choose(precision, params[0].device)
+        return inference_model(in_precision(self.model, chosen), compile), chosen, why
 
 
 def resolve_weights(path: str | Path) -> Path:

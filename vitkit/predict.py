@@ -10,7 +10,6 @@ import torch
 from .data.images import read_image
 from .errors import VitkitError
 from .load import load
-from .models.inference import inference_model
 
 
 @dataclass
@@ -27,13 +26,13 @@ class Prediction:
 
 @torch.inference_mode()
 def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 64,
-            device: str = "cpu", compile: bool = False) -> list[Prediction]:
+            device: str = "cpu", compile: bool = False, precision: str = "auto") -> list[Prediction]:
     """Top-k classes for each image; an unreadable file gets an error entry and the rest go on."""
     if top_k < 1:
         raise VitkitError(f"top-k must be at least 1, got {top_k}")
     loaded = load(checkpoint, device)
     pre, classes = loaded.preprocess, loaded.classes
-    model = inference_model(loaded.model, compile)
+    model, _, _ = loaded.for_inference(precision, compile)
     results: list[Prediction] = []
     ready: list[tuple[int, torch.Tensor]] = []
     for path in images:

@@ -20,7 +20,7 @@ def attentions(model: nn.Module, images: Tensor) -> tuple[Tensor, list[Tensor], 
     """(logits, per-layer attention probabilities (B, heads, T, T), patch grid)."""
     _require_attention(model)
     model.eval()
-    _, grid = model.patch_embed(images[:1])
+    grid = model.cfg.grid_size(tuple(images.shape[-2:]))
     logits, attns = model(images, return_attn=True)
     return logits, attns, grid
 

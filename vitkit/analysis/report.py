@@ -21,17 +21,18 @@ from .attention import _require_attention, attentions, mean_attention_distance, 
 from .embeddings import embedding_filters_pca, neighbour_contrast, position_similarity
 
 
-def _load(checkpoint: str | Path, device: str):
+def _load(checkpoint: str | Path, device: str, precision: str):
     loaded = load(checkpoint, device)
     _require_attention(loaded.model)
-    return loaded.model, loaded.meta, loaded.preprocess
+    model, _, _ = loaded.for_inference(precision)
+    return model, loaded.meta, loaded.preprocess
 
 
 def explain(checkpoint: str | Path, images: list[str | Path], out: str | Path, top_k: int = 5,
-            device: str = "cpu") -> list[dict[str, Any]]:
+            device: str = "cpu", precision: str = "auto") -> list[dict[str, Any]]:
     """Per image: rollout overlay at the original size (PNG), the raw rollout map (.npy), last-layer
     per-head attention maps (PNG) and the top-k prediction. Unreadable images are reported, not fatal."""
-    model, meta, pre = _load(checkpoint, device)
+    model, meta, pre = _load(checkpoint, device, precision)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     classes = meta.get("classes") or [str(i) for i in range(model.num_classes)]
@@ -64,9 +65,9 @@ def explain(checkpoint: str | Path, images: list[str | Path], out: str | Path, t
 
 
 def analyze(checkpoint: str | Path, data: str, out: str | Path, num_images: int = 128, batch_size: int = 64,
-            device: str = "cpu") -> dict[str, Any]:
+            device: str = "cpu", precision: str = "auto") -> dict[str, Any]:
     """The three panels of the paper's Figure 7 as PNG + JSON, and report.html showing all of them."""
-    model, meta, pre = _load(checkpoint, device)
+    model, meta, pre = _load(checkpoint, device, precision)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans)

@@ -23,6 +23,13 @@ def device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda, cuda:N or mps (default cpu)")
 
 
+def precision_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> None:
+    p.add_argument("--precision", default=default, choices=["auto", "fp32", "bf16", "fp16"],
+                   help="what the model computes in (default auto: bf16 where the hardware computes it natively "
+                        "- CPUs with AMX-BF16/AVX512-BF16, GPUs from compute capability 8.0 -, else fp32; "
+                        "`vitkit env` shows the choice here)")
+
+
 def data_flag(p: argparse.ArgumentParser, required: bool = True, what: str = "") -> None:
     p.add_argument("--data", required=required, metavar="SPEC",
                    help=f"data spec, as for train{what}")

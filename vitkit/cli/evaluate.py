@@ -5,19 +5,20 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import checkpoint_flag, compile_flag, data_flag, device_flag, int_list
+from .common import checkpoint_flag, compile_flag, data_flag, device_flag, int_list, precision_flag
 
 
 def _eval(args: argparse.Namespace) -> None:
     from ..evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out, args.batch_size, args.device,
-                            args.workers, compile=args.compile)
+                            args.workers, compile=args.compile, precision=args.precision)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "confusion"}, indent=2))
         return
     print(f"{r['checkpoint']} on {r['data']} [{r['split']}]: {r['count']} images")
-    print(f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  loss {r['loss']:.4f}")
+    print(f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  loss {r['loss']:.4f}  "
+          f"(precision {r['precision']}: {r['precision_reason']})")
     print("per class: " + ", ".join(f"{c} {a:.3f}" for c, a in r["per_class"].items()))
     if r["skipped"]:
         print(f"skipped {len(r['skipped'])} unreadable file(s): {', '.join(r['skipped'][:5])}")
@@ -45,6 +46,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default 0)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     compile_flag(p)
+    precision_flag(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features (closed-form ridge)",

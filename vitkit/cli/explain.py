@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .common import checkpoint_flag, data_flag, device_flag, images_flag
+from .common import checkpoint_flag, data_flag, device_flag, images_flag, precision_flag
 
 
 def _explain(args: argparse.Namespace) -> int:
     from ..analysis import explain
 
-    results = explain(args.checkpoint, args.images, args.out, args.top_k, args.device)
+    results = explain(args.checkpoint, args.images, args.out, args.top_k, args.device, args.precision)
     for r in results:
         if "error" in r:
             print(f"vitkit explain: error: {r['error']}", file=sys.stderr)
@@ -24,7 +24,7 @@ def _explain(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> None:
     from ..analysis import analyze
 
-    r = analyze(args.checkpoint, args.data, args.out, args.num_images, device=args.device)
+    r = analyze(args.checkpoint, args.data, args.out, args.num_images, device=args.device, precision=args.precision)
     print("mean attention distance per layer (pixels): "
           + ", ".join(f"{v:.2f}" for v in r["per_layer_mean_distance"]))
     ps = r["position_similarity"]
@@ -42,6 +42,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     images_flag(p, "to explain")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the overlays, maps and explain.json")
     device_flag(p)
+    precision_flag(p)
     p.set_defaults(func=_explain)
 
     p = sub.add_parser("analyze", help="the paper's Figure 7: attention distance, position similarity, filters",
@@ -53,4 +54,5 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the PNG/JSON panels and report.html")
     p.add_argument("--num-images", type=int, default=128, help="images for the attention distance (default 128)")
     device_flag(p)
+    precision_flag(p)
     p.set_defaults(func=_analyze)

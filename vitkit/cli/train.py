@@ -6,11 +6,12 @@ import argparse
 
 from ..errors import VitkitError
 from ..run_dir import RunDir
-from .common import resume_flag
+from .common import precision_flag, resume_flag
 
 FLAGS = {  # flag -> config key
     "data": "data.spec", "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "optim.lr",
     "out": "train.out", "seed": "train.seed", "device": "train.device", "workers": "data.num_workers",
+    "precision": "train.precision",
 }
 SWITCHES = {  # on/off flag -> config key
     "download": "data.download", "strict": "data.strict", "grad_checkpointing": "train.grad_checkpointing",
@@ -47,6 +48,7 @@ def add_run_flags(p: argparse.ArgumentParser, default_config: str) -> None:
     p.add_argument("--compile", action="store_true",
                    help="compile the training forward and backward (torch.compile): 1.25x faster steps for the "
                         "MNIST model on a 2-core CPU, nothing at 224 px; the first step waits 30-60 s for the compiler")
+    precision_flag(p, default=None)
     p.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
 
 

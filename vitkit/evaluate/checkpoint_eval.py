@@ -10,20 +10,19 @@ from ..config import AugConfig, DataConfig
 from ..data.datasets import ImageDataset, build_data, make_loader
 from ..errors import VitkitError
 from ..load import load
-from ..models.inference import inference_model
 from .accuracy import evaluate, plot_confusion
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str = "test", out: str | Path | None = None,
                         batch_size: int = 256, device: str = "cpu", workers: int = 0, seed: int = 0,
-                        compile: bool = False) -> dict[str, Any]:
+                        compile: bool = False, precision: str = "auto") -> dict[str, Any]:
     """Top-1/top-5, per-class accuracy and confusion matrix; written to OUT/eval.json and OUT/confusion.png.
     `compile` compiles the model with frozen weights first (pays on large test sets)."""
     if split not in ("train", "val", "test"):
         raise VitkitError(f"unknown split '{split}' (train, val, test)")
     loaded = load(checkpoint, device)
     pre = loaded.preprocess
-    model = inference_model(loaded.model, compile)
+    model, chosen, why = loaded.for_inference(precision, compile)
     bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, seed)
     classes = loaded.meta.get("classes") or bundle.classes
     if list(classes) != list(bundle.classes):
@@ -31,7 +30,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str = "test", 
     source = getattr(bundle, split)
     ds = ImageDataset(source.split, pre, None, seed, strict=False)  # the checkpoint's preprocessing, no augmentation
     ev = evaluate(model, make_loader(ds, batch_size, workers), len(classes), device)
-    result = {"checkpoint": str(checkpoint), "data": data, "split": split, **ev.to_dict(classes)}
+    result = {"checkpoint": str(checkpoint), "data": data, "split": split, "precision": chosen,
+              "precision_reason": why, **ev.to_dict(classes)}
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

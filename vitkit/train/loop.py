@@ -20,25 +20,24 @@ import torch
 from torch import nn
 
 from .. import devices, rng
-from ..devices import resolve_device
 from ..checkpoint import load_state, load_state_dict_checked, load_weights, model_meta, save_state, save_weights
 from ..config import RunConfig, build_config, save_config
 from ..data.datasets import EpochBatches, build_data, make_loader, measure_loader
 from ..data.sources import warn_skipped
+from ..devices import resolve_device
 from ..errors import VitkitError
 from ..files import atomic_write_text, remove_stale_temporaries
 from ..models import build_model, count_params, model_config
 from ..models.compiled import compiled
 from ..models.config import to_pair
+from ..machine import describe
+from ..precision import DTYPES, choose
+from ..run_dir import RunDir
 from .distributed import DistContext, agree_on, dist_backend, init_distributed, shutdown_distributed
 from .fit_data import size_warning
 from .objectives import objective_for
 from .optim import EMA, build_optimizer, lr_at, warmup_steps
-from ..run_dir import RunDir
 from .run_log import MetricsLog, plot_curves
-
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
 
 class Trainer:
     """Holds the state of one run; `run()` trains to the end or until `request_stop()` (or Ctrl-C)."""
@@ -46,7 +45,7 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
                  on_step: Callable[["Trainer"], None] | None = None, dist: DistContext | None = None,
                  device: torch.device | None = None):
-        self.cfg, self.folder, self.run_dir, self.resume = cfg, RunDir(run_dir), Path(run_dir), resume
+        self.cfg, self.folder, self.resume = cfg, RunDir(run_dir), resume
         self.dist = dist or DistContext()
         self.device = device or resolve_device(cfg.train.device)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
@@ -63,7 +62,8 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         devices.configure(self.device, t.deterministic)
-        self.amp_dtype = AMP_DTYPES[t.amp]
+        self.precision, self.precision_reason = choose(t.precision, self.device)
+        self.amp_dtype = DTYPES[self.precision]
         torch.manual_seed(rng.seed_for(t.seed, "init"))
         self.local_batch = self.dist.local_batch(t.batch_size)
         self.local_eval_batch = -(-t.eval_batch_size // self.dist.world_size)
@@ -107,7 +107,7 @@ class Trainer:
         self.warmup = warmup_steps(cfg.optim, self.steps_per_epoch)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
         # fp16 needs loss scaling; GradScaler finds the scale by trial: an overflow skips that step and halves it
-        self.scaler = torch.amp.GradScaler(self.device.type) if t.amp == "fp16" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_acc, self.best_loss, self.best_step = -1.0, float("inf"), 0
         self.skipped: set[str] = set()
@@ -311,7 +311,7 @@ class Trainer:
         self._setup()
         cfg, t = self.cfg, self.cfg.train
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.folder.path.mkdir(parents=True, exist_ok=True)
             if not self.resume:
                 save_config(cfg, self.folder.config)
             log = MetricsLog(self.folder.metrics, resume_step=self.step if self.resume else None)
@@ -320,10 +320,11 @@ class Trainer:
         else:
             log = _NoLog()
         loader_rate = measure_loader(self._train_loader(), 5)
-        self._say(f"run {self.run_dir}: {self.meta['model_name']} ({self.params:,} parameters) on {cfg.data.spec}: "
+        self._say(f"run {self.folder}: {self.meta['model_name']} ({self.params:,} parameters) on {cfg.data.spec}: "
                   f"{self.data.train_size} train / {len(self.data.val)} val / {len(self.data.test)} test images, "
                   f"{self.data.num_classes} classes; batch {t.batch_size} x accum {cfg.optim.accum_steps}, "
                   f"{self.total_steps} steps; data loader alone: {loader_rate:,.0f} img/s")
+        self._say(f"precision: {self.precision} ({self.precision_reason})")
         warning = size_warning(tuple(self.model_cfg.img_size), self.data.image_size)
         if warning:
             self._say(warning)
@@ -355,7 +356,7 @@ class Trainer:
         if self.stop_requested and self.epoch < t.epochs:
             status = "interrupted"
             self.save_last()
-            self._say(f"interrupted at step {self.step}; resume with: vitkit train --resume {self.run_dir}")
+            self._say(f"interrupted at step {self.step}; resume with: vitkit train --resume {self.folder}")
         summary = self._finish(log, status, time.perf_counter() - t_start, train_time, loader_rate)
         log.close()
         return summary
@@ -498,7 +499,8 @@ class Trainer:
             "loader_img_s": round(loader_rate, 1), "skipped_files": len(self.skipped),
             "skipped": sorted(self.skipped)[:100], "nonfinite_steps_skipped": self.nonfinite_skipped,
             "overflow_steps_skipped": self.overflow_skipped,
-            "run_dir": str(self.run_dir),
+            "run_dir": str(self.folder), "precision": self.precision, "precision_reason": self.precision_reason,
+            "machine": describe(),
         }
         if status == "completed" and self.objective.scores_test:
             best, _ = load_weights(self.folder.best_weights, self.device)
@@ -509,7 +511,7 @@ class Trainer:
             tested = ""
         if status == "completed":
             self._say(f"done in {wall:.1f}s: best val {self.objective.metric} {self.best_acc:.4f} "
-                      f"(step {self.best_step}){tested} -> {self.run_dir}")
+                      f"(step {self.best_step}){tested} -> {self.folder}")
         if self.dist.is_main:
             atomic_write_text(self.folder.summary, json.dumps(summary, indent=2))
         return summary
