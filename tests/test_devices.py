@@ -176,3 +176,17 @@ def test_the_gpu_check_script_parses_explains_itself_and_skips_without_a_gpu(tmp
     bench = subprocess.run([sys.executable, str(script.parents[1] / "benchmarks" / "throughput.py"), "--device", "gpu"],
                            capture_output=True, text=True)
     assert bench.returncode == 2 and "unknown device 'gpu'" in bench.stderr
+
+
+def test_a_sharded_evaluation_runs_an_empty_forward_for_an_empty_slice():
+    from vitkit.evaluate import evaluate
+    model = create_model("vit_digits_patch4_8")
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0]))
+    batches = [{"x": torch.randn(3, 1, 8, 8), "y": torch.tensor([0, 1, 2]), "skipped": []},
+               {"x": None, "y": None, "skipped": []}]  # this process's slice of the last global batch is empty
+    ev = evaluate(model, batches, 10, lockstep=True)
+    assert seen == [3, 0] and ev.count == 3
+    seen.clear()
+    evaluate(model, batches, 10)
+    assert seen == [3]

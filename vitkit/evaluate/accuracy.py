@@ -55,8 +55,10 @@ class Evaluation:
 
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: str | torch.device = "cpu",
-             autocast_dtype: torch.dtype | None = None) -> Evaluation:
-    """Sums stay on the device and are read once at the end: no host synchronisation per batch."""
+             autocast_dtype: torch.dtype | None = None, lockstep: bool = False) -> Evaluation:
+    """Sums stay on the device and are read once at the end: no host synchronisation per batch.
+    `lockstep`: the model is sharded across processes (FSDP), so a batch with no readable image (or an
+    empty slice) still runs an empty forward, to take part in the processes' all-gathers."""
     was_training = model.training
     model.eval()
     device = torch.device(device)
@@ -67,6 +69,8 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: str
     for batch in loader:
         skipped += batch["skipped"]
         if batch["x"] is None:
+            if lockstep:
+                run_empty(model, device)
             continue
         x, y = (batch[k].to(device, non_blocking=True) for k in ("x", "y"))
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -82,6 +86,12 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: str
     top1, top5 = hits.tolist()
     return Evaluation(loss_sum.item() / n_safe, top1 / n_safe, top5 / n_safe, n,
                       confusion.cpu().view(num_classes, num_classes), skipped)
+
+
+def run_empty(model: nn.Module, device: torch.device) -> None:
+    """A forward pass over zero images: what a process with nothing to evaluate runs beside the others."""
+    cfg = model.cfg
+    model(torch.zeros(0, cfg.in_chans, *cfg.img_size, device=device))
 
 
 def plot_confusion(confusion: Tensor, classes: list[str], path: Path, title: str = "") -> None:

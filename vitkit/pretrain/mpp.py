@@ -148,7 +148,7 @@ class MPPEvaluation:
 
 @torch.inference_mode()
 def evaluate_mpp(model: MaskedPatchPrediction, loader, device: torch.device | str,
-                 generator: torch.Generator) -> MPPEvaluation:
+                 generator: torch.Generator, lockstep: bool = False) -> MPPEvaluation:
     """Loss and colour accuracy on corrupted patches; the caller passes the same seeded generator every
     epoch, so the corruption is the same and epochs compare."""
     was_training = model.training
@@ -157,6 +157,8 @@ def evaluate_mpp(model: MaskedPatchPrediction, loader, device: torch.device | st
     for batch in loader:
         skipped += batch["skipped"]
         if batch["x"] is None:
+            if lockstep:  # a sharded model: take part in the other processes' all-gathers
+                model(torch.zeros(0, model.cfg.in_chans, *model.cfg.img_size, device=device), generator)
             continue
         loss, c, n = model(batch["x"].to(device), generator, loss=True)
         loss_sum, correct, count = loss_sum + loss.item() * n, correct + c, count + n

@@ -52,15 +52,17 @@ def shard_model(model: nn.Module, device: torch.device, world_size: int,
 
 
 def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The whole (unsharded) state dict on every process, on the CPU: what checkpoints hold."""
+    """The whole (unsharded) state dict, on the CPU of the first process only (the others get {}): what
+    checkpoints hold. Every process must call it (it gathers)."""
     _, Options, get_model, *_ = _api()
-    state = get_model(model, options=Options(full_state_dict=True))  # (cpu_offload would keep it on rank 0 only)
-    return {k: v.cpu() for k, v in state.items()}
+    return get_model(model, options=Options(full_state_dict=True, cpu_offload=True))
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
     _, Options, _, get_optim, *_ = _api()
-    state = get_optim(model, optimizer, options=Options(full_state_dict=True))
+    state = get_optim(model, optimizer, options=Options(full_state_dict=True, cpu_offload=True))
+    if not state:  # not the first process
+        return {}
     return {"state": {k: {n: v.cpu() if torch.is_tensor(v) else v for n, v in s.items()}
                       for k, s in state["state"].items()}, "param_groups": state["param_groups"]}
 

@@ -208,18 +208,35 @@ class Trainer:
         devices.set_rng_state(st["rng"], self.device)
 
     def eval_model(self) -> nn.Module:
-        """The weights to evaluate and publish: the EMA if kept, else the model (whole, even under FSDP)."""
-        if self.ema is None and not self.cfg.train.fsdp:
+        """The weights to evaluate: the EMA if kept, else the model itself (under FSDP its shards, which
+        every process runs in step: no process builds a whole copy)."""
+        if self.ema is None:
             return self.model
-        shadow = self.objective.build(build_model(self.model_cfg)).to(self.device)
-        shadow.load_state_dict(self.ema.shadow if self.ema else self._model_state())
+        return self._copy_with(self.ema.shadow, self.device)
+
+    def _copy_with(self, state: dict[str, torch.Tensor], device: torch.device) -> nn.Module:
+        shadow = self.objective.build(build_model(self.model_cfg)).to(device)
+        shadow.load_state_dict(state)
         return shadow
+
+    def _published(self, gathered: dict[str, torch.Tensor] | None = None) -> nn.Module | None:
+        """What the weights files hold (the EMA if kept), on the first process; None on the others. Under
+        FSDP every process takes part in gathering the full state (unless `gathered` already holds it),
+        which only the first receives, on the CPU."""
+        if self.ema is not None:
+            model = self._copy_with(self.ema.shadow, torch.device("cpu")) if self.dist.is_main else None
+        elif self.cfg.train.fsdp:
+            state = gathered if gathered is not None else self._model_state()
+            model = self._copy_with(state, torch.device("cpu")) if self.dist.is_main else None
+        else:
+            model = self.model
+        return self.objective.publish(model) if model is not None else None
 
     def save_last(self) -> None:
         """Every process gathers (FSDP needs all of them); only the first writes; all wait for the write.
         Weights first, then the resume state: whenever a state exists, its weights file exists too."""
         state = self._state()
-        model = self.objective.publish(self.eval_model())
+        model = self._published(state["model"] if self.cfg.train.fsdp else None)
         if self.dist.is_main:
             save_weights(self.folder.last_weights, model,
                          model_meta(self.model, step=self.step, epoch=self.epoch, **self.meta))
@@ -451,7 +468,7 @@ class Trainer:
                                world_size=self.dist.world_size)
         loader = make_loader(ds, self.local_eval_batch, self.workers, sampler, self.pin)
         g = rng.generator(t.seed, "mask_eval", self.dist.rank)  # the same every epoch, so epochs compare
-        ev = self.objective.evaluate(model, loader, self.device, self.amp_dtype, g)
+        ev = self.objective.evaluate(model, loader, self.device, self.amp_dtype, g, lockstep=self.cfg.train.fsdp)
         if not self.dist.enabled:
             return ev
         return self.objective.from_sums(self.dist.sum(ev.sums()), ev.skipped)
@@ -477,7 +494,7 @@ class Trainer:
         # ties go to the lower val loss
         if (ev.score, -ev.loss) > (self.best_acc, -self.best_loss):
             self.best_acc, self.best_loss, self.best_step = ev.score, ev.loss, self.step
-            model = self.objective.publish(self.eval_model())
+            model = self._published()
             if self.dist.is_main:
                 save_weights(self.folder.best_weights, model,
                              model_meta(self.model, step=self.step, epoch=self.epoch, **{f"val_{metric}": ev.score}, **self.meta))

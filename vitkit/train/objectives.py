@@ -44,12 +44,13 @@ class Objective(Protocol):
     metric: str                  # what `correct / count` is called in logs ("acc", "mpp_acc")
     rng_purpose: str             # the random stream of a training batch (vitkit.rng)
     scores_test: bool            # whether the published weights alone can be scored on the test split
+    # evaluate(..., lockstep=True): a sharded (FSDP) model, which every process must call for every batch
 
     def build(self, model: nn.Module) -> nn.Module: ...
     def publish(self, module: nn.Module) -> nn.Module: ...
     def batch_loss(self, net: nn.Module, x: Tensor, y: Tensor, g: torch.Generator) -> BatchLoss: ...
     def evaluate(self, module: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
-                 g: torch.Generator) -> Result: ...
+                 g: torch.Generator, lockstep: bool = False) -> Result: ...
     def from_sums(self, sums: list[float], skipped: list[str]) -> Result: ...
 
 
@@ -74,8 +75,8 @@ class Classification:
         return BatchLoss(loss, int((logits.argmax(1) == y).sum()), len(y))
 
     def evaluate(self, module: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
-                 g: torch.Generator) -> Evaluation:
-        return evaluate(module, loader, self.num_classes, device, amp_dtype)
+                 g: torch.Generator, lockstep: bool = False) -> Evaluation:
+        return evaluate(module, loader, self.num_classes, device, amp_dtype, lockstep)
 
     def from_sums(self, sums: list[float], skipped: list[str]) -> Evaluation:
         return Evaluation.from_sums(sums, skipped)
@@ -103,10 +104,10 @@ class MaskedPatches:
         return BatchLoss(loss, correct, count)
 
     def evaluate(self, module: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
-                 g: torch.Generator):
+                 g: torch.Generator, lockstep: bool = False):
         from ..pretrain.mpp import evaluate_mpp
 
-        return evaluate_mpp(module, loader, device, g)
+        return evaluate_mpp(module, loader, device, g, lockstep)
 
     def from_sums(self, sums: list[float], skipped: list[str]):
         from ..pretrain.mpp import MPPEvaluation
