@@ -83,6 +83,13 @@ def test_fsdp_shards_the_model_and_trains_like_one_process(one_process, tmp_path
     assert r.returncode == 0, r.stderr[-3000:]
     assert "(FSDP, gloo)" in r.stdout
     assert max_diff(weights(one_process), weights(tmp_path / "fsdp")) <= 1e-5
+    # validation ran on the shards, the test score on the best weights broadcast into them: the same numbers
+    single = json.loads((one_process / "summary.json").read_text())
+    sharded = json.loads((tmp_path / "fsdp" / "summary.json").read_text())
+    assert sharded["best_val_acc"] == pytest.approx(single["best_val_acc"], abs=1e-9)
+    assert sharded["test_acc"] == pytest.approx(single["test_acc"], abs=1e-9)
+    assert sharded["test_count"] == single["test_count"]
+    assert weights(tmp_path / "fsdp").keys() == load_file(tmp_path / "fsdp" / "checkpoints" / "best.safetensors").keys()
 
 
 def test_a_user_error_stops_every_process_with_one_line(tmp_path):

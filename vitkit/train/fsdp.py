@@ -67,6 +67,12 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
                       for k, s in state["state"].items()}, "param_groups": state["param_groups"]}
 
 
+def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Full weights (on the first process; the others pass {}) broadcast into the shards."""
+    _, Options, _, _, set_model, _, _ = _api()
+    set_model(model, state, options=Options(full_state_dict=True, broadcast_from_rank0=True))
+
+
 def load_full_state(model: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
     _, Options, _, _, set_model, set_optim, _ = _api()
     options = Options(full_state_dict=True)

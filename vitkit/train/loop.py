@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from .. import devices, rng
-from ..checkpoint import load_state, load_state_dict_checked, load_weights, model_meta, save_state, save_weights
+from ..checkpoint import (load_state, load_state_dict_checked, load_weights, model_meta, read_safetensors, save_state,
+                          save_weights)
 from ..config import RunConfig, build_config, save_config
 from ..data.datasets import EpochBatches, build_data, make_loader, measure_loader
 from ..data.sources import warn_skipped
@@ -520,8 +521,7 @@ class Trainer:
             "machine": describe(),
         }
         if status == "completed" and self.objective.scores_test:
-            best, _ = load_weights(self.folder.best_weights, self.device)
-            ev = self._evaluate(self.data.test, best)
+            ev = self._evaluate(self.data.test, self._best_model())
             summary.update({f"test_{k}": v for k, v in ev.record().items()}, test_count=ev.count)
             tested = f", test {self.objective.metric} {ev.score:.4f} on {ev.count} images"
         else:
@@ -532,6 +532,17 @@ class Trainer:
         if self.dist.is_main:
             atomic_write_text(self.folder.summary, json.dumps(summary, indent=2))
         return summary
+
+    def _best_model(self) -> nn.Module:
+        """The best checkpoint, to score on the test split. Under FSDP it is read by the first process and
+        broadcast into the training model's shards: no process holds a whole copy."""
+        if not self.cfg.train.fsdp:
+            return load_weights(self.folder.best_weights, self.device)[0]
+        from .fsdp import load_full_model_state
+
+        state = read_safetensors(self.folder.best_weights)[0] if self.dist.is_main else {}
+        load_full_model_state(self.model, state)
+        return self.model
 
     def _on_sigint(self, signum, frame) -> None:
         if self.stop_requested:  # a second Ctrl-C stops at once
