@@ -85,6 +85,7 @@ def test_a_digits_epoch_on_cuda_in_bf16_matches_the_cpu(tmp_path):
     gpu = train(build_config(None, RUN + ["train.epochs=3", "train.device=cuda", "train.precision=bf16",
                                           f"train.out={tmp_path / 'gpu'}"]), progress=False)
     assert abs(gpu["test_acc"] - cpu["test_acc"]) <= 0.01, (gpu["test_acc"], cpu["test_acc"])
+    assert gpu["host_reads"] == "deferred to logging steps" and cpu["host_reads"] == "every step"
 
 
 def test_an_fp16_overflow_is_one_skipped_step(tmp_path, monkeypatch):

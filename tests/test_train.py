@@ -388,3 +388,32 @@ def test_default_train_command_reaches_97_percent_on_digits(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["test_acc"] >= 0.97 and summary["model"] == "vit_digits_patch4_8"
+
+
+def test_deferred_host_reads_train_the_same_weights_and_catch_a_nonfinite_step(tmp_path):
+    """What CUDA runs do by default (reads at logging steps only), forced on the CPU: same weights, same
+    metrics; a non-finite step stops the run before any checkpoint takes its weights."""
+    from vitkit.train.loop import Trainer
+    cfg = quick_cfg(tmp_path / "eager", "train.epochs=1", "optim.accum_steps=2")
+    plain = train(cfg, progress=False)
+    deferred = Trainer(quick_cfg(tmp_path / "deferred", "train.epochs=1", "optim.accum_steps=2"),
+                       tmp_path / "deferred", progress=False, defer_host_reads=True)
+    summary = deferred.run()
+    assert deferred.defer and summary["host_reads"] == "deferred to logging steps"
+    assert plain["host_reads"] == "every step"
+    a = load_file(tmp_path / "eager" / "checkpoints" / "last.safetensors")
+    b = load_file(tmp_path / "deferred" / "checkpoints" / "last.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) == 0.0
+    assert summary["test_acc"] == plain["test_acc"] and summary["best_val_acc"] == plain["best_val_acc"]
+
+    def poison(trainer):
+        if trainer.step == 5:  # weights go bad after the checkpoint of step 4
+            with torch.no_grad():
+                trainer.model.patch_embed.proj.weight.fill_(float("nan"))
+
+    out = tmp_path / "poisoned"
+    with pytest.raises(VitkitError, match=r"non-finite in 1 step\(s\) by step 6; training stopped, the last good"):
+        Trainer(quick_cfg(out, "train.checkpoint_every=2"), out, progress=False, on_step=poison,
+                defer_host_reads=True).run()
+    model, meta = load_checkpoint(out / "checkpoints" / "last.safetensors")
+    assert meta["step"] == 4 and all(torch.isfinite(p).all() for p in model.parameters())

@@ -93,7 +93,7 @@ class MaskedPatchPrediction(nn.Module):
         return torch.where(c.masked[..., None], self.mask_token.to(z.dtype).expand(b, n, d), z)
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None,
-                loss: bool = False) -> tuple[Tensor, Tensor, Corruption] | tuple[Tensor, int, int]:
+                loss: bool = False) -> tuple[Tensor, Tensor, Corruption] | tuple[Tensor, Tensor, int]:
         """(colour logits of every patch (B, N, K), targets (B, N), Corruption); with `loss=True`, the
         cross-entropy over the corrupted patches and (correct, count) of their predictions."""
         enc = self.encoder
@@ -109,7 +109,7 @@ class MaskedPatchPrediction(nn.Module):
         if not loss:
             return logits, targets, seen["c"]
         picked, wanted = logits[seen["c"].corrupted], targets[seen["c"].corrupted]
-        return (F.cross_entropy(picked.float(), wanted), int((picked.argmax(-1) == wanted).sum()),
+        return (F.cross_entropy(picked.float(), wanted), (picked.argmax(-1) == wanted).sum(),
                 int(wanted.numel()))
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
@@ -161,6 +161,6 @@ def evaluate_mpp(model: MaskedPatchPrediction, loader, device: torch.device | st
                 model(torch.zeros(0, model.cfg.in_chans, *model.cfg.img_size, device=device), generator)
             continue
         loss, c, n = model(batch["x"].to(device), generator, loss=True)
-        loss_sum, correct, count = loss_sum + loss.item() * n, correct + c, count + n
+        loss_sum, correct, count = loss_sum + loss.item() * n, correct + int(c), count + n
     model.train(was_training)
     return MPPEvaluation.from_sums([loss_sum, correct, count], skipped)

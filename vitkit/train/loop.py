@@ -45,13 +45,16 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, run_dir: Path, resume: bool = False, progress: bool | None = None,
                  on_step: Callable[["Trainer"], None] | None = None, dist: DistContext | None = None,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, defer_host_reads: bool | None = None):
+        """`defer_host_reads`: keep the step's loss, accuracy counts and finiteness on the device and read
+        them at logging and checkpoint steps only (default: on CUDA, where each read stalls the GPU)."""
         self.cfg, self.folder, self.resume = cfg, RunDir(run_dir), resume
         self.dist = dist or DistContext()
         self.device = device or resolve_device(cfg.train.device)
         self.progress = (sys.stderr.isatty() if progress is None else progress) and self.dist.is_main
         self.on_step = on_step
         self.stop_requested = False
+        self.defer_host_reads = defer_host_reads
 
     def request_stop(self) -> None:
         """Finish the current step, save `last`, and return (what Ctrl-C does)."""
@@ -107,6 +110,11 @@ class Trainer:
         self.total_steps = t.epochs * self.steps_per_epoch
         self.warmup = warmup_steps(cfg.optim, self.steps_per_epoch)
         self.ema = EMA(self.model, t.ema_decay) if t.ema_decay > 0 else None
+        # Deferred host reads need an optimizer that skips a step on the device (found_inf: the fused ones)
+        wanted = self.device.type == "cuda" if self.defer_host_reads is None else self.defer_host_reads
+        self.defer = bool(wanted and self.optimizer.defaults.get("fused") and t.precision != "fp16")
+        self.bad_steps = torch.zeros((), dtype=torch.int64, device=self.device)  # non-finite steps, on the device
+        self.bad_steps_seen = 0
         # fp16 needs loss scaling; GradScaler finds the scale by trial: an overflow skips that step and halves it
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -185,7 +193,7 @@ class Trainer:
         return {"model": self._model_state(), "optimizer": optim_state, "step": self.step,
                 "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "rng": devices.rng_state(self.device),
                 "ema": self.ema.shadow if self.ema else None, "best_acc": self.best_acc, "best_loss": self.best_loss, "best_step": self.best_step,
-                "running": dict(self.running), "skipped": sorted(self.skipped),
+                "running": self._running_host(), "skipped": sorted(self.skipped),
                 "overflow_skipped": self.overflow_skipped,
                 "scaler": self.scaler.state_dict() if self.scaler else None}
 
@@ -236,6 +244,7 @@ class Trainer:
     def save_last(self) -> None:
         """Every process gathers (FSDP needs all of them); only the first writes; all wait for the write.
         Weights first, then the resume state: whenever a state exists, its weights file exists too."""
+        self._check_deferred()
         state = self._state()
         model = self._published(state["model"] if self.cfg.train.fsdp else None)
         if self.dist.is_main:
@@ -259,8 +268,12 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                     out = self.objective.batch_loss(self.net, x, y, g)
                 loss_t, correct, n = out.loss, out.correct, out.count
-                loss = loss_t.item()
-            has, finite = loss_t is not None, loss_t is None or math.isfinite(loss)
+                if self.defer:  # read at the next logging step; a non-finite loss is caught by the gradient norm
+                    loss = loss_t.detach().float()
+                else:
+                    loss, correct = loss_t.item(), int(correct)
+            has = loss_t is not None
+            finite = loss_t is None or self.defer or math.isfinite(loss)
             if self.dist.enabled:
                 n_has, n_bad = self.dist.sum([float(has), float(not finite)])
                 has, finite = n_has == self.dist.world_size, n_bad == 0
@@ -295,6 +308,15 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip > 0 else float("inf"))
         if hasattr(norm, "full_tensor"):  # FSDP: a sharded (DTensor) norm
             norm = norm.full_tensor()
+        if self.defer:  # no host read: the fused optimizer skips a non-finite step on the device
+            bad = ~torch.isfinite(norm)
+            self.bad_steps += bad
+            self.optimizer.grad_scale, self.optimizer.found_inf = None, bad.float()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema:
+                self.ema.update(self.model)
+            return lr
         if not torch.isfinite(norm):
             if self.scaler:  # an fp16 overflow: the scaler skips the step and lowers its scale, as designed
                 self.scaler.step(self.optimizer)
@@ -314,13 +336,28 @@ class Trainer:
             self.ema.update(self.model)
         return lr
 
-    def _nonfinite(self, what: str) -> None:
+    def _running_host(self) -> dict[str, float | int]:
+        """The epoch's running sums as host numbers (with deferred reads they accumulate on the device)."""
+        self.running = {k: v.item() if torch.is_tensor(v) else v for k, v in self.running.items()}
+        return dict(self.running)
+
+    def _check_deferred(self) -> None:
+        """Read the device's count of non-finite steps (at logging and checkpoint steps, and at an epoch's
+        end): skipped steps are counted, or the run stops before any checkpoint takes such weights."""
+        if not self.defer:
+            return
+        bad = int(self.dist.sum([int(self.bad_steps)])[0])
+        new, self.bad_steps_seen = bad - self.bad_steps_seen, bad
+        if new:
+            self._nonfinite(f"loss or gradient became non-finite in {new} step(s)", new, f"by step {self.step}")
+
+    def _nonfinite(self, what: str, count: int = 1, at: str | None = None) -> None:
         if self.cfg.train.skip_nonfinite:
-            self.nonfinite_skipped += 1
+            self.nonfinite_skipped += count
             return
         last = self.folder.last_state
         kept = f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint had been written yet"
-        raise VitkitError(f"{what} at step {self.step + 1}; training stopped, {kept} "
+        raise VitkitError(f"{what} {at or f'at step {self.step + 1}'}; training stopped, {kept} "
                           f"(set train.skip_nonfinite=true to skip such steps)")
 
     # --- the loop ------------------------------------------------------------------------------------------
@@ -427,15 +464,19 @@ class Trainer:
                 lr = self._optimizer_step()
                 self.step += 1
                 micro = 0
+                logging_step = self.step % t.log_every == 0
                 if bar is not None:
                     bar.update(1)
+                if bar is not None and (logging_step or not self.defer):
                     rate = bar.format_dict.get("rate") or 0.0  # steps/s, smoothed by tqdm
-                    bar.set_postfix({"loss": f"{loss:.3f}", self.objective.metric: f"{correct / max(n, 1):.3f}",
+                    bar.set_postfix({"loss": f"{float(loss):.3f}",
+                                     self.objective.metric: f"{float(correct) / max(n, 1):.3f}",
                                      "lr": f"{lr:.2e}",
                                      "img_s": f"{rate * t.batch_size * cfg.optim.accum_steps:.0f}"})
-                if self.step % t.log_every == 0:
+                if logging_step:
+                    self._check_deferred()
                     now = time.perf_counter()
-                    loss_sum, correct, n, imgs = self.dist.sum([loss * n, correct, n, imgs_since_log])
+                    loss_sum, correct, n, imgs = self.dist.sum([float(loss) * n, float(correct), n, imgs_since_log])
                     loss = loss_sum / max(n, 1)
                     rec = {"kind": "step", "step": self.step, "epoch": self.epoch + 1, "loss": loss,
                            self.objective.metric: correct / max(n, 1), "lr": lr, "img_s": imgs / (now - t_log)}
@@ -476,9 +517,11 @@ class Trainer:
 
     def _end_epoch(self, log: MetricsLog, elapsed: float, wait: float) -> None:
         t = self.cfg.train
+        self._check_deferred()
         ev = self._evaluate(self.data.val, self.eval_model())
-        loss_sum, correct, seen, images = self.dist.sum([self.running["loss"], self.running["correct"],
-                                                         self.running["seen"], self.running.get("images", 0)])
+        running = self._running_host()
+        loss_sum, correct, seen, images = self.dist.sum([running["loss"], running["correct"],
+                                                         running["seen"], running.get("images", 0)])
         metric = self.objective.metric
         rec = {"kind": "epoch", "step": self.step, "epoch": self.epoch + 1,
                "train_loss": loss_sum / max(seen, 1), f"train_{metric}": correct / max(seen, 1),
@@ -516,6 +559,7 @@ class Trainer:
             "img_s": _mean([r["img_s"] for r in records if r.get("kind") == "epoch"]),
             "loader_img_s": round(loader_rate, 1), "skipped_files": len(self.skipped),
             "skipped": sorted(self.skipped)[:100], "nonfinite_steps_skipped": self.nonfinite_skipped,
+            "host_reads": "deferred to logging steps" if self.defer else "every step",
             "overflow_steps_skipped": self.overflow_skipped,
             "run_dir": str(self.folder), "precision": self.precision, "precision_reason": self.precision_reason,
             "machine": describe(),

@@ -22,7 +22,7 @@ from ..evaluate.accuracy import Evaluation, evaluate
 @dataclass
 class BatchLoss:
     loss: Tensor
-    correct: int                 # predictions the objective counts as right ...
+    correct: Tensor              # predictions the objective counts as right (a 0-d tensor: read it when needed) ...
     count: int                   # ... out of this many (images, or corrupted patches)
 
 
@@ -72,7 +72,7 @@ class Classification:
         x, target = mix_batch(x, y, self.num_classes, a.mixup, a.cutmix, g, a.label_smoothing)
         logits = net(x)
         loss = F.cross_entropy(logits.float(), target.to(logits.device))
-        return BatchLoss(loss, int((logits.argmax(1) == y).sum()), len(y))
+        return BatchLoss(loss, (logits.argmax(1) == y).sum(), len(y))
 
     def evaluate(self, module: nn.Module, loader, device: torch.device, amp_dtype: torch.dtype | None,
                  g: torch.Generator, lockstep: bool = False) -> Evaluation:
