@@ -190,3 +190,21 @@ def test_a_sharded_evaluation_runs_an_empty_forward_for_an_empty_slice():
     seen.clear()
     evaluate(model, batches, 10)
     assert seen == [3]
+
+
+def test_accumulation_micro_batches_turn_fsdp_gradient_sync_off_and_back_on():
+    from vitkit.train.loop import Trainer
+
+    class Sharded(torch.nn.Module):  # what FSDP2's fully_shard adds to a module
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def set_requires_gradient_sync(self, flag: bool) -> None:
+            self.calls.append(flag)
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.net = Sharded()
+    with trainer._no_gradient_sync():
+        assert trainer.net.calls == [False]
+    assert trainer.net.calls == [False, True]

@@ -92,6 +92,17 @@ def test_fsdp_shards_the_model_and_trains_like_one_process(one_process, tmp_path
     assert weights(tmp_path / "fsdp").keys() == load_file(tmp_path / "fsdp" / "checkpoints" / "best.safetensors").keys()
 
 
+def test_fsdp_with_gradient_accumulation_trains_like_one_process(tmp_path):
+    """Micro-batches keep their gradients local (FSDP's set_requires_gradient_sync(False)); the last one
+    reduces the sum: the same weights as one process accumulating the same batches."""
+    single = tmp_path / "single"
+    train(build_config("digits", SMALL + ["train.epochs=1", "optim.accum_steps=2", f"train.out={single}"]),
+          progress=False)
+    r = torchrun(tmp_path / "fsdp", "train.epochs=1", "train.fsdp=true", "optim.accum_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert max_diff(weights(single), weights(tmp_path / "fsdp")) <= 1e-5
+
+
 def test_a_user_error_stops_every_process_with_one_line(tmp_path):
     r = torchrun(tmp_path / "bad", "train.batch_size=33")
     assert r.returncode != 0
