@@ -43,7 +43,7 @@ ITEMS = [
       "test_train.py::test_skip_nonfinite_counts_skipped_steps"]),
     ("7. every CLI command: status 0 on success, non-zero and one line on a user error (traceback only with --debug)",
      ["test_reliability.py::test_every_command_exit_status_and_one_line_errors",
-      "test_reliability.py::test_debug_flag_shows_the_traceback", "test_train.py::test_cli_errors_are_one_line"]),
+      "test_reliability.py::test_debug_flag_shows_the_traceback", "test_cli.py::test_user_mistakes_are_one_line_that_names_them"]),
     ("8. hypothesis fuzz of the CLI parser and the config loader (bounded time)",
      ["test_reliability.py::test_cli_parser_fuzz_only_parses_or_exits_cleanly",
       "test_reliability.py::test_config_overrides_fuzz_give_a_config_or_a_vitkit_error",
