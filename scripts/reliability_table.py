@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (fault class, test ids: "file::name" prefixes; parametrized cases are grouped under their name)
 ITEMS = [
-    ("1. kill -9 at random moments (20 kills, many inside checkpoint writes); resume reaches the uninterrupted weights",
+    ("1. kill -9 at random moments (12 kills, many inside checkpoint writes); resume reaches the uninterrupted weights",
      ["test_reliability.py::test_kill_9_at_random_moments_never_loses_the_run",
       "test_train.py::test_interrupted_and_resumed_run_ends_with_same_weights"]),
     ("2. disk full / read-only output during a save: previous checkpoint intact, error says what happened",
