@@ -71,6 +71,18 @@ def build_vitkit_onnx(name: str) -> nn.Module:
         return OnnxModel(Path(d) / "w.onnx")  # the session holds the graph: the file may go
 
 
+def build_vitkit_openvino(name: str, hint: str = "THROUGHPUT") -> nn.Module:
+    """The IR `vitkit export --format openvino` writes, compiled by OpenVINO with its own precision choice
+    (bf16 on CPUs that compute it natively) and the given performance hint."""
+    import tempfile
+
+    from vitkit.engines.openvino import OpenVINOModel
+    from vitkit.export import export_openvino
+    with tempfile.TemporaryDirectory() as d:
+        export_openvino(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.xml", check=False)
+        return OpenVINOModel(Path(d) / "w.xml", precision="auto", hint=hint)  # compiled: the files may go
+
+
 def build_hf(name: str, attn: str) -> nn.Module:
     from transformers import ViTConfig as HFConfig
     from transformers import ViTForImageClassification
@@ -124,6 +136,8 @@ IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit": build_vitkit,
     "vitkit_compiled": build_vitkit,   # torch.compile (inference: with frozen weights)
     "vitkit_onnx": build_vitkit_onnx,  # inference only: the exported fp32 file on onnxruntime
+    "vitkit_openvino": lambda n: build_vitkit_openvino(n, "LATENCY"),  # inference only: the IR on OpenVINO
+    "vitkit_openvino_throughput": build_vitkit_openvino,              # ... with the THROUGHPUT hint
     "hf_sdpa": lambda n: build_hf(n, "sdpa"),
     "hf_eager": lambda n: build_hf(n, "eager"),
     "vit_pytorch": build_vit_pytorch,
@@ -163,8 +177,8 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
     torch.manual_seed(0)
     model = IMPLS[impl](name)
     if DEVICE.type != "cpu":
-        if impl == "vitkit_onnx":
-            raise ValueError("vitkit_onnx runs on onnxruntime's CPU provider only")
+        if impl.startswith(("vitkit_onnx", "vitkit_openvino")):
+            raise ValueError(f"{impl} runs on the CPU only")
         model = model.to(DEVICE)
     c = model_config(name)
     x = torch.randn(batch, c.in_chans, *c.img_size, device=DEVICE)
@@ -296,7 +310,8 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
                 continue
             gflop_img = gflop_fwd * (3 if train else 1)
             kind = OwnProcess if processes else InProcess
-            cells = {i: kind(i, name, mode, threads) for i in impls if not (train and i == "vitkit_onnx")}
+            cells = {i: kind(i, name, mode, threads) for i in impls
+                     if not (train and i.startswith(("vitkit_onnx", "vitkit_openvino")))}
             per_round = []
             for r in range(rounds):
                 mm = matmul_gflops()

@@ -101,7 +101,7 @@ def _onnxruntime_attention(model: nn.Module) -> Iterator[None]:
 
 
 def _load_source(checkpoint: str | Path, dynamic_size: bool) -> tuple[nn.Module, dict[str, Any]]:
-    if str(checkpoint).endswith(".onnx"):
+    if str(checkpoint).endswith((".onnx", ".xml")):
         raise VitkitError(f"{checkpoint} is already an exported file; export from the checkpoint it came from")
     model, meta = load_checkpoint(checkpoint)
     if dynamic_size:
@@ -207,3 +207,50 @@ def onnx_max_abs_diff(model: nn.Module, path: Path, x: torch.Tensor) -> float:
     with torch.inference_mode():
         want = model(x).numpy()
     return float(abs(got - want).max())
+
+
+def export_openvino(checkpoint: str | Path, out: str | Path, precision: str = "fp32", opset: int = 17,
+                    check: bool = True) -> dict:
+    """Write an OpenVINO IR (`out` .xml and its .bin) converted from vitkit's ONNX graph, with vitkit's
+    metadata (preprocessing, classes, the machine) in its rt_info. `precision` (fp32 | bf16) is stored
+    as the precision to run it in; the weights stay fp32 in the file (OpenVINO casts them when it
+    compiles for bf16). The check compares OpenVINO forced to f32 with PyTorch (fails above 1e-4)."""
+    import shutil
+
+    from .engines.openvino import RT_INFO, OpenVINOModel, openvino
+    from .files import fsync_dir
+
+    if precision not in ("fp32", "bf16"):
+        raise VitkitError(f"--precision {precision} for an OpenVINO file: fp32 or bf16 (int8 is not implemented yet)")
+    ov = openvino()
+    out = Path(out)
+    if out.suffix != ".xml":
+        raise VitkitError(f"{out}: an OpenVINO IR is written as NAME.xml (with NAME.bin beside it)")
+    model, meta = _load_source(checkpoint, False)
+    meta = {**meta, "dynamic_size": False, "machine": describe(), "openvino_precision": precision}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
+    try:
+        _write_onnx(model, meta, str(work / "model.onnx"), opset)
+        ir = ov.convert_model(str(work / "model.onnx"))
+        ir.set_rt_info(json.dumps(meta), RT_INFO)
+        ov.save_model(ir, str(work / out.name), compress_to_fp16=False)
+        bin_name = out.with_suffix(".bin").name
+        for name in (bin_name, out.name):  # the weights first: an .xml in place always has its .bin
+            os.replace(work / name, out.parent / name)
+        fsync_dir(out.parent)
+    except OSError as e:
+        raise VitkitError(f"could not write {out}: {e.strerror or e}") from None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = _describe(model, out, opset)
+    if check:
+        x = _probe(model)
+        with torch.inference_mode():
+            want = model(x)
+        got = OpenVINOModel(out, precision="fp32")(x)
+        result["max_abs_diff"] = float((got - want).abs().max())
+        result["checked_sizes"] = [tuple(model.cfg.img_size)]
+        if result["max_abs_diff"] > 1e-4:
+            raise VitkitError(f"{out}: OpenVINO (f32) differs from PyTorch by {result['max_abs_diff']:.2e} (> 1e-4)")
+    return result

@@ -65,18 +65,34 @@ def resolve_weights(path: str | Path) -> Path:
     return p
 
 
-def load(source: str | Path, device: str | torch.device = "cpu") -> Loaded:
+RUNTIMES = ("auto", "onnxruntime", "openvino")
+
+
+def load(source: str | Path, device: str | torch.device = "cpu", runtime: str = "auto") -> Loaded:
     """The model `source` describes, loaded, in eval mode, with its metadata (preprocessing, classes).
-    `device` is checked first (`cuda` on a machine without one, `cuda:9`, `gpu`: one-line errors)."""
+    `device` is checked first (`cuda` on a machine without one, `cuda:9`, `gpu`: one-line errors).
+    `runtime` runs an exported file: `auto` takes OpenVINO for an IR (.xml) and onnxruntime for .onnx
+    (the runtime vitkit's ONNX figures were measured with; docs/export.md)."""
     device = resolve_device(device)
+    if runtime not in RUNTIMES:
+        raise VitkitError(f"unknown runtime '{runtime}' ({', '.join(RUNTIMES)})")
     s = str(source)
-    if s.endswith(".onnx"):
+    if s.endswith((".onnx", ".xml")):
         if not Path(s).is_file():
             raise VitkitError(f"checkpoint {s} does not exist")
-        from .engines.onnx import OnnxModel
+        if s.endswith(".xml") and runtime == "onnxruntime":
+            raise VitkitError(f"{s} is an OpenVINO IR: run it with --runtime openvino (or auto)")
+        if s.endswith(".xml") or runtime == "openvino":
+            from .engines.openvino import OpenVINOModel
 
-        model = OnnxModel(s)
+            model = OpenVINOModel(s)
+        else:
+            from .engines.onnx import OnnxModel
+
+            model = OnnxModel(s)
         return Loaded(model, model.meta, s)
+    if runtime != "auto":
+        raise VitkitError(f"--runtime {runtime} runs exported files (.onnx, .xml); {s} runs on PyTorch")
     p = Path(s)
     if (p.is_dir() and RunDir(p).weights() is not None) or is_vitkit_file(p):
         model, meta = load_weights(resolve_weights(p), device)
@@ -87,7 +103,8 @@ def load(source: str | Path, device: str | torch.device = "cpu") -> Loaded:
     return Loaded(model.to(device).eval(), dict(model.pretrained_cfg), s)
 
 
-def load_checkpoint(source: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model, metadata) of `load(source, device)`."""
-    loaded = load(source, device)
+def load_checkpoint(source: str | Path, device: str | torch.device = "cpu",
+                    runtime: str = "auto") -> tuple[nn.Module, dict[str, Any]]:
+    """(model, metadata) of `load(source, device, runtime)`."""
+    loaded = load(source, device, runtime)
     return loaded.model, loaded.meta

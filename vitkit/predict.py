@@ -26,11 +26,12 @@ class Prediction:
 
 @torch.inference_mode()
 def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, batch_size: int = 64,
-            device: str = "cpu", compile: bool = False, precision: str = "auto") -> list[Prediction]:
+            device: str = "cpu", compile: bool = False, precision: str = "auto",
+            runtime: str = "auto") -> list[Prediction]:
     """Top-k classes for each image; an unreadable file gets an error entry and the rest go on."""
     if top_k < 1:
         raise VitkitError(f"top-k must be at least 1, got {top_k}")
-    loaded = load(checkpoint, device)
+    loaded = load(checkpoint, device, runtime)
     pre, classes = loaded.preprocess, loaded.classes
     model, _, _ = loaded.for_inference(precision, compile)
     results: list[Prediction] = []

@@ -30,6 +30,12 @@ def precision_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> 
                         "`vitkit env` shows the choice here)")
 
 
+def runtime_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"],
+                   help="for an exported file: the runtime that runs it (default auto: OpenVINO for an IR .xml, "
+                        "onnxruntime for .onnx; openvino needs pip install 'vitkit[openvino]')")
+
+
 def data_flag(p: argparse.ArgumentParser, required: bool = True, what: str = "") -> None:
     p.add_argument("--data", required=required, metavar="SPEC",
                    help=f"data spec, as for train{what}")

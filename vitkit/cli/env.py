@@ -19,7 +19,9 @@ def _env(args: argparse.Namespace) -> None:
     for name in devices:
         chosen, why = choose("auto", resolve_device(name))
         choices[f"precision on {name}"] = f"{chosen} ({why})"
-    choices["runtime for .onnx files"] = "onnxruntime (CPU execution provider)"
+    choices["runtime for .onnx files"] = "onnxruntime (CPU execution provider); --runtime openvino to switch"
+    choices["runtime for .xml (IR)"] = ("OpenVINO" if info["versions"]["openvino"]
+                                        else "OpenVINO (not installed: pip install 'vitkit[openvino]')")
     if args.json:
         print(json.dumps({**info, "choices": choices}, indent=2))
     else:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import checkpoint_flag, compile_flag, data_flag, device_flag, int_list, precision_flag
+from .common import checkpoint_flag, compile_flag, data_flag, device_flag, int_list, precision_flag, runtime_flag
 
 
 def _eval(args: argparse.Namespace) -> None:
     from ..evaluate import evaluate_checkpoint
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.split, args.out, args.batch_size, args.device,
-                            args.workers, compile=args.compile, precision=args.precision)
+                            args.workers, compile=args.compile, precision=args.precision, runtime=args.runtime)
     if args.json:
         print(json.dumps({k: v for k, v in r.items() if k != "confusion"}, indent=2))
         return
@@ -47,6 +47,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     compile_flag(p)
     precision_flag(p)
+    runtime_flag(p)
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("fewshot", help="few-shot linear evaluation of frozen features (closed-form ridge)",

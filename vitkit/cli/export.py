@@ -9,16 +9,22 @@ from .common import checkpoint_flag
 
 
 def _export(args: argparse.Namespace) -> None:
-    from ..export import export_int8, export_onnx
+    from ..export import export_int8, export_onnx, export_openvino
 
     check = not args.no_check
-    if args.format == "onnx":
+    if args.format == "openvino":
+        if args.dynamic_size:
+            from ..errors import VitkitError
+            raise VitkitError("--dynamic-size: not for OpenVINO files yet; export at the checkpoint's size")
+        r = export_openvino(args.checkpoint, args.out, args.precision, args.opset, check=check)
+    elif args.format == "onnx":
         r = export_onnx(args.checkpoint, args.out, args.opset, check=check, dynamic_size=args.dynamic_size)
     else:
         r = export_int8(args.checkpoint, args.out, args.opset, check=check, fuse=args.fuse,
                         dynamic_size=args.dynamic_size)
     sizes = ", ".join(f"{h}x{w}" for h, w in r.get("checked_sizes", []))
-    diff = f"; onnxruntime vs PyTorch max |diff| {r['max_abs_diff']:.2e} at {sizes}" if "max_abs_diff" in r else ""
+    engine = "OpenVINO (f32)" if args.format == "openvino" else "onnxruntime"
+    diff = f"; {engine} vs PyTorch max |diff| {r['max_abs_diff']:.2e} at {sizes}" if "max_abs_diff" in r else ""
     if "top1_agreement" in r:
         diff += f", top-1 agreement {100 * r['top1_agreement']:.1f}% on random input"
     print(f"wrote {r['path']} (input {'x'.join(str(v) for v in r['input'])}, opset {r['opset']}){diff}")
@@ -38,9 +44,11 @@ def add(sub: argparse._SubParsersAction) -> None:
                                    "above 1e-4). The file carries the preprocessing and classes: `vitkit "
                                    "eval/predict --checkpoint FILE.onnx` run it.")
     checkpoint_flag(p)
-    p.add_argument("--format", default="onnx", choices=["onnx", "int8"],
+    p.add_argument("--format", default="onnx", choices=["onnx", "int8", "openvino"],
                    help="onnx (default): fp32; int8: dynamic int8 quantisation of every matrix multiply (per-channel "
-                        "weights) for CPU inference with onnxruntime")
+                        "weights) for CPU inference with onnxruntime; openvino: an OpenVINO IR (NAME.xml + NAME.bin)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="openvino only: the precision the IR is run in (default fp32; bf16 where the CPU computes it)")
     p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")

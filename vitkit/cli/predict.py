@@ -6,14 +6,14 @@ import argparse
 import json
 import sys
 
-from .common import checkpoint_flag, compile_flag, device_flag, images_flag, precision_flag
+from .common import checkpoint_flag, compile_flag, device_flag, images_flag, precision_flag, runtime_flag
 
 
 def _predict(args: argparse.Namespace) -> int:
     from ..predict import predict
 
     results = predict(args.checkpoint, args.images, args.top_k, device=args.device, compile=args.compile,
-                      precision=args.precision)
+                      precision=args.precision, runtime=args.runtime)
     if args.json:
         print(json.dumps([r.to_dict() for r in results], indent=2))
     for r in results:
@@ -35,4 +35,5 @@ def add(sub: argparse._SubParsersAction) -> None:
     device_flag(p)
     compile_flag(p)
     precision_flag(p)
+    runtime_flag(p)
     p.set_defaults(func=_predict)

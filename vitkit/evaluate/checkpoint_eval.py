@@ -15,12 +15,12 @@ from .accuracy import evaluate, plot_confusion
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str = "test", out: str | Path | None = None,
                         batch_size: int = 256, device: str = "cpu", workers: int = 0, seed: int = 0,
-                        compile: bool = False, precision: str = "auto") -> dict[str, Any]:
+                        compile: bool = False, precision: str = "auto", runtime: str = "auto") -> dict[str, Any]:
     """Top-1/top-5, per-class accuracy and confusion matrix; written to OUT/eval.json and OUT/confusion.png.
     `compile` compiles the model with frozen weights first (pays on large test sets)."""
     if split not in ("train", "val", "test"):
         raise VitkitError(f"unknown split '{split}' (train, val, test)")
-    loaded = load(checkpoint, device)
+    loaded = load(checkpoint, device, runtime)
     pre = loaded.preprocess
     model, chosen, why = loaded.for_inference(precision, compile)
     bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, seed)

@@ -1,0 +1,81 @@
+"""OpenVINO as a runtime: the IR vitkit writes carries its metadata and matches PyTorch, eval and predict
+run it and any exported .onnx file, and a missing openvino is a one-line error."""
+
+import json
+
+import pytest
+import torch
+
+from vitkit import VitkitError
+from vitkit.cli import main
+from vitkit.config import build_config
+from vitkit.load import load
+from vitkit.machine import describe
+from vitkit.train import train
+
+pytest.importorskip("openvino")
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ov") / "run"
+    train(build_config("digits", ["train.epochs=3", "model.depth=2", "train.tensorboard=false", f"train.out={out}"]),
+          progress=False)
+    return out
+
+
+def test_the_ir_matches_pytorch_and_carries_vitkit_metadata(run, tmp_path, capsys):
+    ir = tmp_path / "model.xml"
+    assert main(["export", "--checkpoint", str(run), "--format", "openvino", "--out", str(ir)]) == 0
+    assert "OpenVINO (f32) vs PyTorch max |diff|" in capsys.readouterr().out
+    assert ir.is_file() and ir.with_suffix(".bin").is_file() and not list(tmp_path.glob(".*"))
+    loaded = load(ir)
+    assert loaded.meta["classes"] == [str(i) for i in range(10)] and loaded.meta["machine"]["cpu"] == describe()["cpu"]
+    reference = load(run)
+    x = torch.randn(7, 1, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded.model(x), reference.model(x), atol=1e-4, rtol=0)
+    from vitkit.engines.openvino import OpenVINOModel
+    default = OpenVINOModel(ir, precision="auto")  # OpenVINO's own choice (bf16 on CPUs that compute it)
+    with torch.inference_mode():
+        spread = (reference.model(x).max() - reference.model(x).min()).item()
+        assert (default(x) - reference.model(x)).abs().max().item() <= 0.03 * spread  # the bf16 tolerance
+
+
+def test_eval_and_predict_run_the_ir_and_the_onnx_file_on_openvino(run, tmp_path, capsys):
+    ir, onnx_file = tmp_path / "m.xml", tmp_path / "m.onnx"
+    assert main(["export", "--checkpoint", str(run), "--format", "openvino", "--out", str(ir), "--no-check"]) == 0
+    assert main(["export", "--checkpoint", str(run), "--out", str(onnx_file), "--no-check"]) == 0
+    capsys.readouterr()
+    accs = []
+    for args in (["--checkpoint", str(run)], ["--checkpoint", str(ir)],
+                 ["--checkpoint", str(onnx_file), "--runtime", "openvino"],
+                 ["--checkpoint", str(onnx_file), "--runtime", "onnxruntime"]):
+        assert main(["eval", *args, "--data", "digits", "--json"]) == 0
+        accs.append(json.loads(capsys.readouterr().out)["top1"])
+    assert max(accs) - min(accs) <= 0.003, accs  # one image of 359 at most
+    from PIL import Image
+    Image.new("L", (8, 8), 200).save(tmp_path / "d.png")
+    assert main(["predict", "--checkpoint", str(ir), str(tmp_path / "d.png"), "--json"]) == 0
+    via_ir = json.loads(capsys.readouterr().out)[0]["top"][0]["class"]
+    assert main(["predict", "--checkpoint", str(run), str(tmp_path / "d.png"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["top"][0]["class"] == via_ir
+
+
+def test_runtime_mistakes_and_a_missing_openvino_are_one_line(run, tmp_path, monkeypatch):
+    ir = tmp_path / "m.xml"
+    main(["export", "--checkpoint", str(run), "--format", "openvino", "--out", str(ir), "--no-check"])
+    with pytest.raises(VitkitError, match="is an OpenVINO IR: run it with --runtime openvino"):
+        load(ir, runtime="onnxruntime")
+    with pytest.raises(VitkitError, match="runs on PyTorch"):
+        load(run, runtime="openvino")
+    with pytest.raises(VitkitError, match="NAME.xml"):
+        from vitkit.export import export_openvino
+        export_openvino(run, tmp_path / "m.ir")
+    import builtins
+    real_import = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__", lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name))
+                        if name == "openvino" else real_import(name, *a, **k))
+    with pytest.raises(VitkitError, match=r"pip install 'vitkit\[openvino\]'"):
+        load(ir)
