@@ -16,7 +16,8 @@ from ..errors import VitkitError
 from . import sources
 from .images import read_image
 from .batching import EpochBatches, collate
-from .shards import ShardSet, open_shards, read_blob
+from .shards import ShardSet, open_shards
+from .sources import read_blob
 from .transforms import Preprocess, rand_augment, random_crop_with_padding, random_resized_crop, resize
 
 PAPER_MEAN, PAPER_STD = 0.5, 0.5  # inputs scaled to [-1, 1], as for the paper's models

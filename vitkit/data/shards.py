@@ -159,13 +159,6 @@ def index_members(urls: list[str]) -> Split:
     return Split(torch.tensor(labels, dtype=torch.int64), paths=names, blobs=blobs)
 
 
-def read_blob(blob: tuple[str, int, int]) -> bytes:
-    path, offset, size = blob
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
-
-
 class ShardStream(IterableDataset):
     """The training stream: yields collated batches {"x", "y", "skipped"} of `batch_size` samples.
 

@@ -57,12 +57,7 @@ class Split:
         from PIL import Image
 
         def source(i: int):
-            if self.blobs is None:
-                return self.paths[i]
-            path, offset, size = self.blobs[i]  # an image stored inside a tar shard
-            with open(path, "rb") as f:
-                f.seek(offset)
-                return io.BytesIO(f.read(size))
+            return self.paths[i] if self.blobs is None else io.BytesIO(read_blob(self.blobs[i]))
 
         sizes = []
         for i in range(0, len(self.paths), max(1, len(self.paths) // sample))[:sample]:
@@ -75,6 +70,14 @@ class Split:
             return None
         hs, ws = sorted(h for h, _ in sizes), sorted(w for _, w in sizes)
         return hs[len(hs) // 2], ws[len(ws) // 2]
+
+
+def read_blob(blob: tuple[str, int, int]) -> bytes:
+    """The bytes of an image stored inside a tar shard: (file, offset, size)."""
+    path, offset, size = blob
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
 
 
 @dataclass
