@@ -71,16 +71,32 @@ def build_vitkit_onnx(name: str) -> nn.Module:
         return OnnxModel(Path(d) / "w.onnx")  # the session holds the graph: the file may go
 
 
-def build_vitkit_openvino(name: str, hint: str = "THROUGHPUT") -> nn.Module:
+def build_vitkit_openvino(name: str, hint: str = "THROUGHPUT", precision: str = "fp32",
+                          run_in: str = "auto") -> nn.Module:
     """The IR `vitkit export --format openvino` writes, compiled by OpenVINO with its own precision choice
-    (bf16 on CPUs that compute it natively) and the given performance hint."""
+    (`run_in="auto"`; "fp32" forces f32)
+    (bf16 on CPUs that compute it natively) and the given performance hint. int8: NNCF post-training
+    quantisation calibrated on 64 images of the built-in synthetic set (random weights: speed only)."""
     import tempfile
 
     from vitkit.engines.openvino import OpenVINOModel
     from vitkit.export import export_openvino
     with tempfile.TemporaryDirectory() as d:
-        export_openvino(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.xml", check=False)
-        return OpenVINOModel(Path(d) / "w.xml", precision="auto", hint=hint)  # compiled: the files may go
+        export_openvino(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.xml", precision,
+                        check=False, data="synthetic" if precision == "int8" else None, calibration_count=64)
+        return OpenVINOModel(Path(d) / "w.xml", precision=run_in, hint=hint)  # compiled: the files may go
+
+
+def build_vitkit_onnx_auto(name: str) -> nn.Module:
+    """vitkit's exported .onnx file run as `vitkit eval --checkpoint FILE.onnx` runs it with no flags
+    (`--runtime auto`: the rule in vitkit.load)."""
+    import tempfile
+
+    from vitkit.export import export_onnx
+    from vitkit.load import load
+    with tempfile.TemporaryDirectory() as d:
+        export_onnx(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.onnx", check=False)
+        return load(Path(d) / "w.onnx").for_inference()[0]  # the session holds the graph: the file may go
 
 
 def build_hf(name: str, attn: str) -> nn.Module:
@@ -134,11 +150,18 @@ def build_timm(name: str) -> nn.Module:
 
 IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit": build_vitkit,
+    "vitkit_auto": build_vitkit,       # as `vitkit eval`/`train` run with no flags: --precision auto
+    "vitkit_bf16": build_vitkit,       # --precision bf16 (inference: bf16 weights; training: autocast)
     "vitkit_compiled": build_vitkit,   # torch.compile (inference: with frozen weights)
     "vitkit_onnx": build_vitkit_onnx,  # inference only: the exported fp32 file on onnxruntime
     "vitkit_openvino": lambda n: build_vitkit_openvino(n, "LATENCY"),  # inference only: the IR on OpenVINO
     "vitkit_openvino_throughput": build_vitkit_openvino,              # ... with the THROUGHPUT hint
+    "vitkit_openvino_f32": lambda n: build_vitkit_openvino(n, "LATENCY", run_in="fp32"),  # f32 forced
+    "vitkit_openvino_int8": lambda n: build_vitkit_openvino(n, "LATENCY", "int8"),  # --precision int8 IR
+    "vitkit_openvino_int8_throughput": lambda n: build_vitkit_openvino(n, "THROUGHPUT", "int8"),
+    "vitkit_file_auto": build_vitkit_onnx_auto,  # the .onnx file on the runtime --runtime auto picks here
     "hf_sdpa": lambda n: build_hf(n, "sdpa"),
+    "hf_sdpa_bf16": lambda n: build_hf(n, "sdpa"),  # bf16 weights (inference) / autocast (training)
     "hf_eager": lambda n: build_hf(n, "eager"),
     "vit_pytorch": build_vit_pytorch,
     "timm": build_timm,
@@ -157,13 +180,24 @@ def available(names: list[str]) -> dict[str, Callable[[str], nn.Module]]:
 
 
 # --- one cell: a model, a mode, an implementation -------------------------------------------------
-# Where and in which precision every implementation runs (--device, --dtype): one setting for all.
+# Where and in which precision the implementations run (--device, --dtype): one setting for all, except
+# those whose name says their own (`_bf16`; `vitkit_auto`: vitkit's automatic choice on this machine).
 DEVICE, DTYPE = torch.device("cpu"), None
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+FILE_IMPLS = ("vitkit_onnx", "vitkit_openvino", "vitkit_file")  # exported files: inference on the CPU only
 
 
-def _autocast():
-    return torch.autocast(DEVICE.type, dtype=DTYPE, enabled=DTYPE is not None)
+def precision_of(impl: str) -> torch.dtype | None:
+    if impl.endswith("_bf16"):
+        return torch.bfloat16
+    if impl == "vitkit_auto":
+        from vitkit.precision import choose
+        return DTYPES[choose("auto", DEVICE)[0]]
+    return DTYPE
+
+
+def _autocast(dtype: torch.dtype | None):
+    return torch.autocast(DEVICE.type, dtype=dtype, enabled=dtype is not None)
 
 
 def _finish() -> None:
@@ -177,19 +211,26 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
     torch.manual_seed(0)
     model = IMPLS[impl](name)
     if DEVICE.type != "cpu":
-        if impl.startswith(("vitkit_onnx", "vitkit_openvino")):
+        if impl.startswith(FILE_IMPLS):
             raise ValueError(f"{impl} runs on the CPU only")
         model = model.to(DEVICE)
     c = model_config(name)
     x = torch.randn(batch, c.in_chans, *c.img_size, device=DEVICE)
+    dtype = precision_of(impl)
     if not train:
         model.eval()
+        autocast = dtype
+        if dtype is not None and impl in ("vitkit_auto", "vitkit_bf16"):  # converted weights, as vitkit runs them
+            from vitkit.precision import in_precision
+            model, autocast = in_precision(model, "bf16" if dtype == torch.bfloat16 else "fp16"), None
+        elif dtype is not None and impl.endswith("_bf16"):  # a peer's bf16 path: weights and input in bf16
+            model, x, autocast = model.to(dtype), x.to(dtype), None
         if impl.startswith("vitkit"):
             from vitkit.models.inference import inference_model
             model = inference_model(model, compile=impl == "vitkit_compiled")
 
         def step() -> None:
-            with torch.inference_mode(), _autocast():
+            with torch.inference_mode(), _autocast(autocast):
                 model(x)
             _finish()
         return Cell(step, batch)
@@ -206,7 +247,7 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
 
     def step() -> None:
         opt.zero_grad(set_to_none=True)
-        with _autocast():
+        with _autocast(dtype):
             loss = loss_fn(net(x).float(), y)
         loss.backward()
         opt.step()
@@ -311,7 +352,7 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
             gflop_img = gflop_fwd * (3 if train else 1)
             kind = OwnProcess if processes else InProcess
             cells = {i: kind(i, name, mode, threads) for i in impls
-                     if not (train and i.startswith(("vitkit_onnx", "vitkit_openvino")))}
+                     if not (train and i.startswith(FILE_IMPLS))}
             per_round = []
             for r in range(rounds):
                 mm = matmul_gflops()

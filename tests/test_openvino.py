@@ -85,3 +85,40 @@ def test_runtime_mistakes_and_a_missing_openvino_are_one_line(run, tmp_path, mon
                         if name == "openvino" else real_import(name, *a, **k))
     with pytest.raises(VitkitError, match=r"pip install 'vitkit\[openvino\]'"):
         load(ir)
+
+
+def test_int8_ir_is_calibrated_on_real_images_and_keeps_accuracy(run, tmp_path, capsys):
+    ir = tmp_path / "q.xml"
+    assert main(["export", "--checkpoint", str(run), "--format", "openvino", "--precision", "int8",
+                 "--data", "digits", "--calibration-images", "120", "--out", str(ir)]) == 0
+    printed = capsys.readouterr().out
+    before, after = (float(v) for v in
+                     __import__("re").search(r"checkpoint ([\d.]+)% -> q.xml ([\d.]+)%", printed).groups())
+    assert abs(before - after) <= 1.0, printed  # int8 within 1 point on digits' 359 test images
+    meta = load(ir).meta
+    assert meta["openvino_precision"] == "int8" and "calibrated on 120 images of digits" in meta["quantization"]
+    weights = __import__("openvino").Core().read_model(str(ir)).get_ops()
+    assert any(op.get_type_name() == "FakeQuantize" or "int8" in str(op.get_output_element_type(0)) for op in weights)
+
+
+def test_calibration_draws_every_class_alike(run):
+    from vitkit.export import calibration_images
+    images = calibration_images("digits", load(run).meta, 100)
+    assert len(images) == 100 and images[0].shape == (1, 1, 8, 8)
+    assert calibration_images("digits", load(run).meta, 100)[5].equal(images[5])  # seeded: the same draw each time
+
+
+def test_int8_ir_needs_calibration_data_and_dynamic_size_irs_run_at_other_sizes(run, tmp_path, capsys):
+    assert main(["export", "--checkpoint", str(run), "--format", "openvino", "--precision", "int8",
+                 "--out", str(tmp_path / "q.xml")]) != 0
+    assert "--precision int8: give --data SPEC" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())  # nothing written
+    assert main(["export", "--checkpoint", str(run), "--precision", "bf16", "--out", str(tmp_path / "m.onnx")]) != 0
+    assert "for --format openvino" in capsys.readouterr().err
+    ir = tmp_path / "d.xml"
+    assert main(["export", "--checkpoint", str(run), "--format", "openvino", "--dynamic-size", "--out", str(ir)]) == 0
+    assert "at 8x8, 20x12" in capsys.readouterr().out  # checked at its own size and a larger, other-shaped one
+    reference, loaded = load(run).model, load(ir).model
+    x = torch.randn(2, 1, 16, 24)
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(x), reference(x), atol=1e-4, rtol=0)

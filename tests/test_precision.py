@@ -38,6 +38,35 @@ def test_auto_picks_bf16_where_the_hardware_computes_it(unpinned, device, cpu_bf
     assert decide("fp16", device, cpu_bf16, gpu_bf16) == ("fp16", "as asked")  # an explicit choice stands
 
 
+@pytest.mark.parametrize("speedup, want", [(None, "bf16"), (2.3, "bf16"), (1.1, "bf16"), (1.05, "fp32"),
+                                           (0.6, "fp32")])  # 0.6: a Xeon with AVX512-BF16 but no AMX, measured
+def test_native_bf16_counts_only_where_the_probe_finds_it_faster(unpinned, speedup, want):
+    chosen, why = decide("auto", "cpu", True, False, speedup)
+    assert chosen == want
+    if want == "fp32":
+        assert f"{speedup:.2f}x fp32's speed here" in why
+    assert decide("auto", "cpu", False, False, 3.0)[0] == "fp32"  # no native bf16: the probe does not count
+
+
+def test_the_probe_runs_once_per_machine_and_is_cached(unpinned, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setattr(precision, "_speedup", {})
+    calls = []
+    monkeypatch.setattr(precision, "measure_bf16_speedup", lambda: calls.append(1) or 0.61)
+    assert precision.cpu_bf16_speedup() == 0.61 and precision.cpu_bf16_speedup() == 0.61
+    monkeypatch.setattr(precision, "_speedup", {})  # a new process reads the file
+    assert precision.cpu_bf16_speedup() == 0.61 and calls == [1]
+    cached = json.loads((tmp_path / "vitkit" / "bf16_probe.json").read_text())
+    assert list(cached.values()) == [0.61] and describe()["cpu"] in next(iter(cached))
+    (tmp_path / "vitkit" / "bf16_probe.json").write_text("{not json")  # a damaged cache is measured again
+    monkeypatch.setattr(precision, "_speedup", {})
+    assert precision.cpu_bf16_speedup() == 0.61 and calls == [1, 1]
+
+
+def test_the_probe_measures_a_positive_ratio():
+    assert 0.05 < precision.measure_bf16_speedup(128, 3) < 20
+
+
 def test_the_pin_wins_over_the_hardware_and_bad_names_are_refused(monkeypatch):
     monkeypatch.setenv(precision.PIN_ENV, "fp32")
     assert decide("auto", "cpu", True, True)[0] == "fp32"

@@ -209,30 +209,78 @@ def onnx_max_abs_diff(model: nn.Module, path: Path, x: torch.Tensor) -> float:
     return float(abs(got - want).max())
 
 
+OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
+
+
+def calibration_images(data: str, meta: dict[str, Any], count: int = 300, seed: int = 0) -> list[torch.Tensor]:
+    """`count` training images of `data`, the same share of every class (a seeded draw), prepared with
+    the checkpoint's own preprocessing: what post-training quantisation measures activation ranges on."""
+    from .config import AugConfig, DataConfig
+    from .data.datasets import ImageDataset, build_data, stratified_split
+    from .data.transforms import Preprocess
+    from .rng import SPLIT_CALIBRATION
+
+    if count < 1:
+        raise VitkitError(f"--calibration-images {count}: need at least 1")
+    if "preprocess" not in meta:
+        raise VitkitError("the checkpoint records no preprocessing, so calibration images cannot be prepared")
+    pre = Preprocess.from_dict(meta["preprocess"])
+    bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, seed)
+    split = (bundle.val if bundle.stream is not None else bundle.train).split  # streamed shards: their val set
+    if count < len(split.labels):
+        split = split.subset(stratified_split(split.labels, count / len(split.labels), seed, SPLIT_CALIBRATION)[1])
+    ds = ImageDataset(split, pre, None, seed, strict=False)
+    return [x.unsqueeze(0) for x, _, _ in (ds[i] for i in range(len(ds))) if x is not None][:count]
+
+
+def _quantize_ir(ir: Any, images: list[torch.Tensor]) -> Any:
+    """NNCF post-training int8 quantisation of an OpenVINO model, as OpenVINO documents it for
+    transformers (ModelType.TRANSFORMER keeps softmax, LayerNorm and GELU in floating point)."""
+    try:
+        import nncf
+    except ImportError:
+        raise VitkitError("int8 OpenVINO files need NNCF: pip install 'vitkit[openvino]'") from None
+    logging.getLogger("nncf").setLevel(logging.ERROR)  # its progress notes; vitkit prints the outcome
+    dataset = nncf.Dataset([x.numpy() for x in images])
+    return nncf.quantize(ir, dataset, subset_size=len(images), model_type=nncf.ModelType.TRANSFORMER)
+
+
 def export_openvino(checkpoint: str | Path, out: str | Path, precision: str = "fp32", opset: int = 17,
-                    check: bool = True) -> dict:
+                    check: bool = True, data: str | None = None, calibration_count: int = 300,
+                    dynamic_size: bool = False) -> dict:
     """Write an OpenVINO IR (`out` .xml and its .bin) converted from vitkit's ONNX graph, with vitkit's
-    metadata (preprocessing, classes, the machine) in its rt_info. `precision` (fp32 | bf16) is stored
-    as the precision to run it in; the weights stay fp32 in the file (OpenVINO casts them when it
-    compiles for bf16). The check compares OpenVINO forced to f32 with PyTorch (fails above 1e-4)."""
+    metadata (preprocessing, classes, the machine) in its rt_info. fp32 | bf16 is stored as the precision
+    to run it in (the weights stay fp32; OpenVINO casts them when it compiles for bf16); int8 quantises
+    with NNCF, calibrated on `calibration_count` training images of `data`. The check compares OpenVINO
+    forced to f32 with PyTorch (fails above 1e-4); for int8 it reports the largest difference and the
+    top-1 agreement on random input. `dynamic_size` as for `export_onnx` (int8: calibrated at the
+    checkpoint's size)."""
     import shutil
 
     from .engines.openvino import RT_INFO, OpenVINOModel, openvino
     from .files import fsync_dir
 
-    if precision not in ("fp32", "bf16"):
-        raise VitkitError(f"--precision {precision} for an OpenVINO file: fp32 or bf16 (int8 is not implemented yet)")
+    if precision not in OPENVINO_PRECISIONS:
+        raise VitkitError(f"--precision {precision} for an OpenVINO file: {', '.join(OPENVINO_PRECISIONS)}")
+    if precision == "int8" and not data:
+        raise VitkitError("--precision int8: give --data SPEC, the images the int8 ranges are calibrated on "
+                          f"({calibration_count} training images, every class alike)")
     ov = openvino()
     out = Path(out)
     if out.suffix != ".xml":
         raise VitkitError(f"{out}: an OpenVINO IR is written as NAME.xml (with NAME.bin beside it)")
-    model, meta = _load_source(checkpoint, False)
-    meta = {**meta, "dynamic_size": False, "machine": describe(), "openvino_precision": precision}
+    model, meta = _load_source(checkpoint, dynamic_size)
+    images = calibration_images(data, meta, calibration_count) if precision == "int8" else []
+    meta = {**meta, "dynamic_size": dynamic_size, "machine": describe(), "openvino_precision": precision}
+    if images:
+        meta["quantization"] = f"static int8 (NNCF post-training), calibrated on {len(images)} images of {data}"
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
     try:
-        _write_onnx(model, meta, str(work / "model.onnx"), opset)
+        _write_onnx(model, meta, str(work / "model.onnx"), opset, dynamic_size)
         ir = ov.convert_model(str(work / "model.onnx"))
+        if images:
+            ir = _quantize_ir(ir, images)
         ir.set_rt_info(json.dumps(meta), RT_INFO)
         ov.save_model(ir, str(work / out.name), compress_to_fp16=False)
         bin_name = out.with_suffix(".bin").name
@@ -243,14 +291,20 @@ def export_openvino(checkpoint: str | Path, out: str | Path, precision: str = "f
         raise VitkitError(f"could not write {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = _describe(model, out, opset)
+    result = _describe(model, out, opset, dynamic_size)
     if check:
-        x = _probe(model)
-        with torch.inference_mode():
-            want = model(x)
-        got = OpenVINOModel(out, precision="fp32")(x)
+        compiled = OpenVINOModel(out, precision="fp32")
+        got, want = [], []
+        for size in _check_sizes(model, dynamic_size):
+            x = _probe(model, 16 if images else 3, size)
+            got.append(compiled(x))
+            with torch.inference_mode():
+                want.append(model(x))
+        got, want = torch.cat(got), torch.cat(want)
         result["max_abs_diff"] = float((got - want).abs().max())
-        result["checked_sizes"] = [tuple(model.cfg.img_size)]
-        if result["max_abs_diff"] > 1e-4:
+        result["checked_sizes"] = _check_sizes(model, dynamic_size)
+        if images:
+            result["top1_agreement"] = float((got.argmax(-1) == want.argmax(-1)).float().mean())
+        elif result["max_abs_diff"] > 1e-4:
             raise VitkitError(f"{out}: OpenVINO (f32) differs from PyTorch by {result['max_abs_diff']:.2e} (> 1e-4)")
     return result

@@ -24,13 +24,13 @@ PURPOSES = {
     "mix": ("epoch", "batch"),           # mixup / cutmix of one training batch
     "mask": ("epoch", "batch"),          # masked-patch-prediction corruption of one training batch
     "mask_eval": ("rank",),              # the fixed corruption MPP evaluation uses
-    "split": ("which",),                 # hold-outs: SPLIT_TEST, SPLIT_VAL, SPLIT_LIMIT, SPLIT_DIGITS
+    "split": ("which",),                 # hold-outs: SPLIT_TEST, SPLIT_VAL, SPLIT_LIMIT, SPLIT_DIGITS, SPLIT_CALIBRATION
     "shard_shuffle": ("epoch", "slot"),  # shard order and shuffle buffer of one loader slot
     "fewshot": ("shots", "draw"),        # one k-shot draw
     "fewshot_test": (),                  # the --max-test subset
     "synthetic": (),                     # the built-in synthetic data set
 }
-SPLIT_TEST, SPLIT_VAL, SPLIT_LIMIT, SPLIT_DIGITS = range(4)
+SPLIT_TEST, SPLIT_VAL, SPLIT_LIMIT, SPLIT_DIGITS, SPLIT_CALIBRATION = range(5)
 
 
 def seed_for(seed: int, purpose: str, *indices: int) -> int:

@@ -3,6 +3,8 @@ distance. Both read the attention probabilities the model's own forward applies 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
@@ -38,6 +40,24 @@ def rollout_from_attentions(attns: list[Tensor], num_prefix_tokens: int) -> Tens
     if num_prefix_tokens:
         return joint[:, 0, num_prefix_tokens:]
     return joint.mean(dim=1)
+
+
+@dataclass
+class Explanation:
+    """What `vitkit explain` and the server show for one image, from one forward pass."""
+    logits: Tensor      # (classes,)
+    rollout: Tensor     # (grid_h, grid_w), maximum 1
+    last_heads: Tensor  # (heads, grid_h, grid_w): the last layer's class-token attention per head
+
+
+def explain_image(model: nn.Module, x: Tensor) -> Explanation:
+    """Rollout and last-layer heads of one prepared image `x` (1, C, H, W)."""
+    logits, attns, grid = attentions(model, x)
+    r = rollout_from_attentions(attns, model.num_prefix_tokens)[0].reshape(grid).float().cpu()
+    last = attns[-1][0].float().cpu()  # heads, T, T
+    p = model.num_prefix_tokens
+    heads = (last[:, 0, p:] if p else last[:, p:, p:].mean(1)).reshape(-1, *grid)
+    return Explanation(logits[0].float().cpu(), r / r.max().clamp_min(1e-12), heads)
 
 
 def rollout(model: nn.Module, images: Tensor) -> Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch.nn.functional as F
@@ -10,9 +11,17 @@ from torch import Tensor
 
 from ..plotting import pyplot, save
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 
 def overlay(image: np.ndarray, heat: Tensor, path: Path, alpha: float = 0.5) -> None:
     """Heat map resized to the image's original size and blended over it (PNG, same pixel size)."""
+    overlay_image(image, heat, alpha).save(path)
+
+
+def overlay_image(image: np.ndarray, heat: Tensor, alpha: float = 0.5) -> Image.Image:
+    """`overlay` as a PIL image (the server sends it without touching the disk)."""
     from matplotlib import colormaps
     from PIL import Image
 
@@ -23,7 +32,7 @@ def overlay(image: np.ndarray, heat: Tensor, path: Path, alpha: float = 0.5) -> 
     if base.ndim == 2:
         base = np.repeat(base[..., None], 3, axis=2)
     blend = (1 - alpha) * base + alpha * colour
-    Image.fromarray((blend * 255 + 0.5).astype(np.uint8)).save(path)
+    return Image.fromarray((blend * 255 + 0.5).astype(np.uint8))
 
 
 def _tiles(images: list[tuple[np.ndarray, dict, str]], path: Path, title: str, max_cols: int, cell: float) -> None:

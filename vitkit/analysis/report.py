@@ -17,7 +17,7 @@ from ..data.images import image_to_tensor, load_image
 from ..errors import VitkitError
 from ..load import load
 from . import plots
-from .attention import _require_attention, attentions, mean_attention_distance, rollout_from_attentions
+from .attention import _require_attention, explain_image, mean_attention_distance
 from .embeddings import embedding_filters_pca, neighbour_contrast, position_similarity
 
 
@@ -44,17 +44,12 @@ def explain(checkpoint: str | Path, images: list[str | Path], out: str | Path, t
             results.append({"image": str(path), "error": str(e)})
             continue
         x = pre.eval(image_to_tensor(img, pre.in_chans))[None].to(device)
-        logits, attns, grid = attentions(model, x)
+        e = explain_image(model, x)
         stem = f"{i:03d}_{Path(path).stem}"
-        r = rollout_from_attentions(attns, model.num_prefix_tokens)[0].reshape(grid).cpu()
-        r = r / r.max().clamp_min(1e-12)
-        np.save(out / f"{stem}_rollout.npy", r.numpy())
-        plots.overlay(np.asarray(img), r, out / f"{stem}_rollout.png")
-        last = attns[-1][0].float().cpu()  # heads, T, T
-        p = model.num_prefix_tokens
-        heads = (last[:, 0, p:] if p else last[:, p:, p:].mean(1)).reshape(-1, *grid)
-        plots.head_grid(heads, out / f"{stem}_heads.png", f"{Path(path).name}: last-layer attention per head")
-        probs = logits.float().softmax(-1)[0]
+        np.save(out / f"{stem}_rollout.npy", e.rollout.numpy())
+        plots.overlay(np.asarray(img), e.rollout, out / f"{stem}_rollout.png")
+        plots.head_grid(e.last_heads, out / f"{stem}_heads.png", f"{Path(path).name}: last-layer attention per head")
+        probs = e.logits.softmax(-1)
         top = probs.topk(min(top_k, len(classes)))
         results.append({"image": str(path), "rollout_png": str(out / f"{stem}_rollout.png"),
                         "rollout_npy": str(out / f"{stem}_rollout.npy"), "heads_png": str(out / f"{stem}_heads.png"),

@@ -10,9 +10,9 @@ from typing import Sequence
 
 from ..errors import VitkitError
 from ..runtime import tune_allocator
-from . import convert, cost, data, env, evaluate, experiment, explain, export, models, predict, train
+from . import convert, cost, data, env, evaluate, experiment, explain, export, models, predict, serve, train
 
-COMMANDS = (models, train, convert, explain, evaluate, experiment, cost, export, data, predict, env)
+COMMANDS = (models, train, convert, explain, evaluate, experiment, cost, export, data, predict, serve, env)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""`vitkit export`: a deployment file (ONNX fp32 or int8), checked against PyTorch."""
+"""`vitkit export`: a deployment file (ONNX fp32 or int8, OpenVINO IR fp32/bf16/int8), checked against PyTorch."""
 
 from __future__ import annotations
 
@@ -12,43 +12,50 @@ def _export(args: argparse.Namespace) -> None:
     from ..export import export_int8, export_onnx, export_openvino
 
     check = not args.no_check
+    if args.precision != "fp32" and args.format != "openvino":
+        from ..errors import VitkitError
+        raise VitkitError(f"--precision {args.precision}: for --format openvino (an ONNX file is fp32; "
+                          "--format int8 is int8)")
     if args.format == "openvino":
-        if args.dynamic_size:
-            from ..errors import VitkitError
-            raise VitkitError("--dynamic-size: not for OpenVINO files yet; export at the checkpoint's size")
-        r = export_openvino(args.checkpoint, args.out, args.precision, args.opset, check=check)
+        r = export_openvino(args.checkpoint, args.out, args.precision, args.opset, check=check, data=args.data,
+                            calibration_count=args.calibration_images, dynamic_size=args.dynamic_size)
     elif args.format == "onnx":
         r = export_onnx(args.checkpoint, args.out, args.opset, check=check, dynamic_size=args.dynamic_size)
     else:
         r = export_int8(args.checkpoint, args.out, args.opset, check=check, fuse=args.fuse,
                         dynamic_size=args.dynamic_size)
     sizes = ", ".join(f"{h}x{w}" for h, w in r.get("checked_sizes", []))
-    engine = "OpenVINO (f32)" if args.format == "openvino" else "onnxruntime"
+    engine = "onnxruntime" if args.format != "openvino" else "OpenVINO" if args.precision == "int8" else "OpenVINO (f32)"
     diff = f"; {engine} vs PyTorch max |diff| {r['max_abs_diff']:.2e} at {sizes}" if "max_abs_diff" in r else ""
     if "top1_agreement" in r:
         diff += f", top-1 agreement {100 * r['top1_agreement']:.1f}% on random input"
     print(f"wrote {r['path']} (input {'x'.join(str(v) for v in r['input'])}, opset {r['opset']}){diff}")
     if args.data:  # what the file costs in accuracy, on real images with the checkpoint's own preprocessing
         from ..evaluate import evaluate_checkpoint
-        before = evaluate_checkpoint(args.checkpoint, args.data, args.split)["top1"]
-        after = evaluate_checkpoint(args.out, args.data, args.split)["top1"]
+        before = evaluate_checkpoint(args.checkpoint, args.data, args.split, precision="fp32")["top1"]
+        after = evaluate_checkpoint(args.out, args.data, args.split)["top1"]  # in the precision it was written for
         print(f"{args.data} [{args.split}] top-1: checkpoint {100 * before:.2f}% -> {Path(args.out).name} "
               f"{100 * after:.2f}% ({100 * (after - before):+.2f} points)")
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="write a deployment file (ONNX, fp32 or int8) and check it against PyTorch",
-                       description="Export a checkpoint (any weights format vitkit reads) to ONNX with a dynamic "
-                                   "batch dimension at the checkpoint's image size (any size with --dynamic-size), "
-                                   "then run it in onnxruntime and compare the logits with PyTorch's (onnx: fails "
-                                   "above 1e-4). The file carries the preprocessing and classes: `vitkit "
-                                   "eval/predict --checkpoint FILE.onnx` run it.")
+    p = sub.add_parser("export", help="write a deployment file (ONNX fp32/int8, OpenVINO IR) and check it against PyTorch",
+                       description="Export a checkpoint (any weights format vitkit reads) to ONNX or an OpenVINO IR "
+                                   "with a dynamic batch dimension at the checkpoint's image size (any size with "
+                                   "--dynamic-size), then run it (onnxruntime, OpenVINO) and compare the logits with "
+                                   "PyTorch's (fp32 files: fails above 1e-4). The file carries the preprocessing and "
+                                   "classes: `vitkit eval/predict --checkpoint FILE.onnx|FILE.xml` run it.")
     checkpoint_flag(p)
     p.add_argument("--format", default="onnx", choices=["onnx", "int8", "openvino"],
                    help="onnx (default): fp32; int8: dynamic int8 quantisation of every matrix multiply (per-channel "
                         "weights) for CPU inference with onnxruntime; openvino: an OpenVINO IR (NAME.xml + NAME.bin)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="openvino only: the precision the IR is run in (default fp32; bf16 where the CPU computes it)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
+                   help="openvino only (default fp32): fp32 or bf16 = the precision OpenVINO runs the IR in (bf16 "
+                        "where the CPU computes it); int8 = NNCF post-training quantisation, calibrated on "
+                        "--data's training images")
+    p.add_argument("--calibration-images", type=int, default=300, metavar="N",
+                   help="openvino int8: how many training images of --data calibrate the int8 ranges, the same "
+                        "share of every class (default 300)")
     p.add_argument("--out", required=True, metavar="FILE", help="output file, e.g. model.onnx")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
@@ -57,8 +64,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "resampled in 2D inside the file); checked at the checkpoint's size and a larger one. "
                         "Not for models resampled with antialiasing")
     p.add_argument("--data", metavar="SPEC",
-                   help="also evaluate the checkpoint and the written file on this data (as `vitkit eval`) and "
-                        "print both top-1 accuracies: what the export costs, int8 above all")
+                   help="also evaluate the checkpoint (fp32) and the written file (in its own precision) on this "
+                        "data (as `vitkit eval`) and print both top-1 accuracies: what the export costs; for "
+                        "openvino int8 also the calibration images")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split for --data (default test)")
     p.add_argument("--fuse", default="attention", choices=["attention", "none"],
                    help="int8 only: attention (default, faster here) = onnxruntime's fused int8 attention "

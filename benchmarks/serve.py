@@ -1,0 +1,275 @@
+"""`vitkit serve` under load over loopback, against its own offline limit and against LitServe.
+
+    python benchmarks/serve.py --checkpoint RUN_DIR --models mnist,s16 --backends pytorch,int8 --clients 1,8,64
+
+For each model (`mnist`: a trained MNIST run; `s16`: ViT-S/16 with random weights) and backend
+(`pytorch`: the checkpoint; `int8`: the file `vitkit export --format int8` writes):
+
+- offline: the backend's own throughput at the server's batch size (the limit a server can reach)
+  and its batch-1 latency, timed in this process before any server starts;
+- `vitkit serve` and a LitServe app holding the same vitkit backend (same model object, same
+  preprocessing, same precision) with the same batch settings (--max-batch-size, --max-wait-ms as
+  LitServe's batch_timeout), each in its own process, one at a time;
+- for each client count, wrk (Debian's `wrk`: a C load generator, cheap on the shared CPU) keeps that
+  many connections busy for --seconds, each request one encoded image as base64 JSON (the open
+  inference protocol's BYTES tensor for vitkit, `{"image": ...}` for LitServe), after a warm-up.
+
+Reported per row: requests (= images) per second, p50 / p99 latency, the share of the machine's CPU
+the load generator used (it shares the cores with the server), the fraction of the offline limit, the
+ratio to LitServe at the same client count, and at 1 client the per-request overhead (p50 minus the
+offline batch-1 latency). Results go to benchmarks/results/serve.json (and .md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import checkpoint_for, cpu_description, rate
+from vitkit.machine import describe
+
+
+def images_for(key: str, size: tuple[int, int], in_chans: int, count: int = 16) -> list[bytes]:
+    """Encoded real images at the model's size: MNIST-like digits (PNG) or scikit-image's photos (JPEG)."""
+    from PIL import Image
+    out = []
+    if in_chans == 1:
+        from sklearn.datasets import load_digits
+        for img in load_digits().images[:count]:
+            buf = io.BytesIO()
+            Image.fromarray((img * 255 / 16).astype(np.uint8)).resize(size[::-1]).save(buf, "PNG")
+            out.append(buf.getvalue())
+        return out
+    from skimage import data
+    photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+    for i in range(count):
+        buf = io.BytesIO()
+        Image.fromarray(photos[i % len(photos)]).resize(size[::-1]).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def offline(source: Path, batch: int, seconds: float) -> tuple[float, float]:
+    """(images/s at `batch`, median batch-1 latency in ms) of the backend the servers hold."""
+    from vitkit.serve.backend import Backend
+    b = Backend(source)
+    b.warm_up()
+    x = torch.randn(batch, *b.input_shape)
+    one = torch.randn(1, *b.input_shape)
+    b.run(x)
+    limit = rate(lambda: b.run(x), batch, seconds, min_runs=3)
+    lat = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(lat) < 20:
+        t0 = time.perf_counter()
+        b.run(one)
+        lat.append((time.perf_counter() - t0) * 1000)
+    return limit, statistics.median(lat)
+
+
+LITSERVE_APP = """
+import base64, sys, torch, litserve as ls
+from vitkit.serve.backend import Backend
+source, port, batch, wait_ms = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+
+class VitkitAPI(ls.LitAPI):
+    def setup(self, device):
+        self.b = Backend(source)
+        self.b.warm_up()
+    def decode_request(self, request):  # decoding and preprocessing, as vitkit's server does them
+        return self.b.prepare([self.b.decode(base64.b64decode(request["image"]), "image")])[0]
+    def batch(self, inputs):
+        return torch.stack(inputs)
+    def predict(self, x):
+        return self.b.run(x)
+    def unbatch(self, output):
+        return list(output)
+    def encode_response(self, logits):
+        p, i = logits.softmax(-1).topk(min(5, len(self.b.classes)))
+        return {"top": [{"class": self.b.classes[c], "prob": round(v, 6)} for c, v in zip(i.tolist(), p.tolist())]}
+
+if __name__ == "__main__":
+    api = VitkitAPI(max_batch_size=batch, batch_timeout=wait_ms / 1000)
+    ls.LitServer(api, accelerator="cpu", workers_per_device=1).run(host="127.0.0.1", port=port, log_level="warning",
+                                                                    generate_client_file=False)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(server: str, source: Path, batch: int, wait_ms: float, workdir: Path) -> tuple[subprocess.Popen, str, str]:
+    """(process, base URL, the request path) of one server, once it answers."""
+    import httpx
+    port = free_port()
+    if server == "vitkit":
+        cmd = [sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(source), "--port", str(port),
+               "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--log-level", "warning", "--name", "m"]
+        health, path = "/v2/health/ready", "/v2/models/m/infer"
+    else:
+        app = workdir / "litserve_app.py"
+        app.write_text(LITSERVE_APP)
+        cmd = [sys.executable, str(app), str(source), str(port), str(batch), str(wait_ms)]
+        health, path = "/health", "/predict"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.time()
+    while time.time() - t0 < 180:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{server} exited with {proc.returncode}: {' '.join(cmd)}")
+        try:
+            if httpx.get(url + health, timeout=2).status_code == 200:
+                return proc, url, path
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{server} did not become ready")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+WRK_SCRIPT = """
+local bodies = {%s}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("POST", "%s", {["Content-Type"] = "application/json"}, bodies[(n %% #bodies) + 1])
+end
+"""
+
+
+def lua_string(s: str) -> str:
+    return "[==[" + s + "]==]"
+
+
+def bodies(server: str, images: list[bytes]) -> list[str]:
+    if server == "vitkit":
+        return [json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                        "data": [base64.b64encode(im).decode()]}],
+                            "outputs": [{"name": "classes"}]}) for im in images]
+    return [json.dumps({"image": base64.b64encode(im).decode()}) for im in images]
+
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def wrk(url: str, path: str, script: Path, clients: int, seconds: float) -> dict:
+    """One wrk run: requests/s, p50/p99 in ms, non-2xx count, and the CPU share wrk itself used."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = subprocess.run(["wrk", "-t", str(min(clients, 2)), "-c", str(clients), "-d", f"{max(1, round(seconds))}s", "--latency",
+                          "--timeout", "30s", "-s", str(script), url + path], capture_output=True, text=True,
+                         check=True).stdout
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / wall / os.cpu_count()
+
+    def percentile(p: str) -> float:
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
+        return float(m.group(1)) * UNITS[m.group(2)]
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: .*", out)
+    return {"req_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), "p50_ms": percentile("50"),
+            "p99_ms": percentile("99"), "non_2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(0) if errors else "", "loadgen_cpu_share": cpu}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--checkpoint", help="trained MNIST run (for the mnist row)")
+    ap.add_argument("--models", default="mnist,s16", help="comma-separated: mnist, ti16, s16, b16")
+    ap.add_argument("--backends", default="pytorch,int8", help="pytorch (the checkpoint) and/or int8 (its int8 file)")
+    ap.add_argument("--servers", default="vitkit,litserve", help="vitkit and/or litserve")
+    ap.add_argument("--clients", default="1,8,64", help="concurrent connections per run")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run (after a 3 s warm-up)")
+    ap.add_argument("--max-batch-size", type=int, default=32, help="both servers' batch limit (default 32)")
+    ap.add_argument("--max-wait-ms", type=float, default=5.0, help="vitkit's --max-wait-ms, LitServe's batch_timeout")
+    ap.add_argument("--out", default="benchmarks/results/serve.json")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp())
+    rows = []
+    for key in args.models.split(","):
+        checkpoint = checkpoint_for(key, args.checkpoint, tmp)
+        from vitkit.load import load
+        pre = load(checkpoint).preprocess
+        images = images_for(key, tuple(pre.img_size), pre.in_chans)
+        for backend in args.backends.split(","):
+            source = checkpoint
+            if backend == "int8":
+                from vitkit.export import export_int8
+                source = tmp / f"{key}.int8.onnx"
+                export_int8(checkpoint, source, check=False)
+            limit, b1 = offline(source, args.max_batch_size, 3.0)
+            print(f"{key} {backend}: offline {limit:.1f} img/s at batch {args.max_batch_size}, batch-1 {b1:.2f} ms",
+                  file=sys.stderr, flush=True)
+            for server in args.servers.split(","):
+                script = tmp / f"{server}.lua"
+                proc, url, path = start(server, source, args.max_batch_size, args.max_wait_ms, tmp)
+                script.write_text(WRK_SCRIPT % (", ".join(lua_string(b) for b in bodies(server, images)), path))
+                try:
+                    wrk(url, path, script, 8, 3)  # warm-up
+                    for clients in map(int, args.clients.split(",")):
+                        r = wrk(url, path, script, clients, args.seconds)
+                        row = {"model": key, "backend": backend, "server": server, "clients": clients, **r,
+                               "offline_img_s": limit, "offline_b1_ms": b1, "of_limit": r["req_s"] / limit,
+                               "overhead_ms": r["p50_ms"] - b1}
+                        rows.append(row)
+                        print(json.dumps(row), file=sys.stderr, flush=True)
+                        if r["non_2xx"] or r["socket_errors"]:
+                            print(f"WARNING: {server} answered {r['non_2xx']} requests with errors "
+                                  f"({r['socket_errors']}): its figures do not count", file=sys.stderr)
+                finally:
+                    stop(proc)
+    for r in rows:
+        peer = next((p for p in rows if p["server"] == "litserve" and r["server"] != "litserve" and
+                     (p["model"], p["backend"], p["clients"]) == (r["model"], r["backend"], r["clients"])), None)
+        if peer:
+            r["x_litserve"] = r["req_s"] / peer["req_s"]
+    result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "machine": describe(),
+              "command": " ".join(sys.argv), "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+              "seconds": args.seconds, "rows": rows}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    lines = ["| model | backend | server | clients | img/s | p50 ms | p99 ms | of offline limit | x LitServe | "
+             "overhead at 1 client (ms) | load generator CPU | non-2xx |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        cells = [r["model"], r["backend"], r["server"], r["clients"], f"{r['req_s']:.1f}", f"{r['p50_ms']:.2f}",
+                 f"{r['p99_ms']:.2f}", f"{100 * r['of_limit']:.0f}%",
+                 f"{r['x_litserve']:.2f}" if "x_litserve" in r else "",
+                 f"{r['overhead_ms']:.2f}" if r["clients"] == 1 else "", f"{100 * r['loadgen_cpu_share']:.0f}%",
+                 r["non_2xx"]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

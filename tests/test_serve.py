@@ -1,0 +1,517 @@
+"""`vitkit serve`: the open inference protocol (JSON and binary, with Triton's own client), /predict and
+/explain equal to `vitkit predict` / `vitkit explain`, dynamic batching, back-pressure, bad input that
+gets a 4xx and leaves the server serving, metrics, SIGTERM draining, and a bounded load test."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("fastapi")
+httpx = pytest.importorskip("httpx")
+from PIL import Image  # noqa: E402
+
+from vitkit.cli import main  # noqa: E402
+from vitkit.config import build_config  # noqa: E402
+from vitkit.serve import create_app  # noqa: E402
+from vitkit.serve.backend import Backend  # noqa: E402
+from vitkit.train import train  # noqa: E402
+
+NAME = "vit_digits_patch4_8"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "run"
+    train(build_config("digits", ["train.epochs=2", "model.depth=2", "train.tensorboard=false", f"train.out={out}"]),
+          progress=False)
+    return out
+
+
+def digit_png(i: int, size: int = 8) -> bytes:
+    """A distinct real-looking image per i (digits' own test images would do too; these are reproducible)."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    img = (d.images[i % len(d.images)] * 255 / 16).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(img).resize((size, size)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, proc: subprocess.Popen | None = None, timeout: float = 120) -> None:
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+@pytest.fixture(scope="module")
+def server(run, tmp_path_factory):
+    """`vitkit serve` in its own process, on a free loopback port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(run), "--port", str(port),
+                             "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    yield url, proc
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(30)
+
+
+def in_process(app, requests):
+    """Run `requests(client)` (a coroutine function) against the app in this process, lifespan included."""
+    async def go():
+        async with app.router.lifespan_context(app):
+            for _ in range(200):
+                if app.state.vitkit.ready.is_set():
+                    break
+                await asyncio.sleep(0.01)
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                return await requests(client)
+    return asyncio.run(go())
+
+
+def predict_cli(run, paths, capsys) -> list[dict]:
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), *map(str, paths), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def assert_same_top(served: list[dict], cli: list[dict], tol: float = 1e-5) -> None:
+    assert [c["class"] for c in served] == [c["class"] for c in cli]
+    assert max(abs(a["prob"] - b["prob"]) for a, b in zip(served, cli)) <= tol
+
+
+# --- the protocol -------------------------------------------------------------------------------------
+def test_protocol_metadata_health_and_readiness(server):
+    url, _ = server
+    assert httpx.get(f"{url}/v2").json()["extensions"] == ["binary_tensor_data", "classification"]
+    assert httpx.get(f"{url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{url}/v2/health/ready").json() == {"ready": True}
+    meta = httpx.get(f"{url}/v2/models/{NAME}").json()
+    assert meta["inputs"] == [{"name": "images", "datatype": "FP32", "shape": [-1, 1, 8, 8]},
+                              {"name": "image_bytes", "datatype": "BYTES", "shape": [-1]}]
+    assert [o["name"] for o in meta["outputs"]] == ["logits", "probabilities", "classes"]
+    assert meta["outputs"][0]["shape"] == [-1, 10] and meta["parameters"]["classes"] == [str(i) for i in range(10)]
+    assert httpx.get(f"{url}/v2/models/{NAME}/ready").json() == {"name": NAME, "ready": True}
+    assert httpx.get(f"{url}/v2/models/{NAME}/versions/1").status_code == 200
+    r = httpx.get(f"{url}/v2/models/other")
+    assert r.status_code == 404 and "unknown model 'other'" in r.json()["error"]
+
+
+def test_ready_only_after_the_warm_up(run):
+    backend = Backend(run)
+    release = threading.Event()
+    warm = backend.warm_up
+    backend.warm_up = lambda: (release.wait(10), warm())
+    app = create_app(backend)
+
+    async def probe(client):
+        before = (await client.get("/v2/health/ready")).status_code, (await client.get("/v2/health/live")).status_code
+        infer = await client.post("/predict", content=digit_png(1), headers={"content-type": "image/png"})
+        release.set()
+        for _ in range(100):
+            if app.state.vitkit.ready.is_set():
+                break
+            await asyncio.sleep(0.02)
+        return before, infer, (await client.get("/v2/health/ready")).status_code
+
+    async def go():
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+                return await probe(client)
+    (ready, live), infer, after = asyncio.run(go())
+    assert (ready, live, after) == (503, 200, 200)
+    assert infer.status_code == 503 and infer.headers["retry-after"] == "1"
+
+
+def test_infer_json_bytes_and_tensors_equal_vitkit_predict(server, run, tmp_path, capsys):
+    url, _ = server
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"d{i}.png")
+        paths[-1].write_bytes(digit_png(i + 10))
+    cli = predict_cli(run, paths, capsys)
+    body = {"id": "r1", "inputs": [{"name": "image_bytes", "shape": [3], "datatype": "BYTES",
+                                    "data": [base64.b64encode(p.read_bytes()).decode() for p in paths]}],
+            "outputs": [{"name": "probabilities"}, {"name": "classes"}, {"name": "logits"}]}
+    r = httpx.post(f"{url}/v2/models/{NAME}/infer", json=body)
+    assert r.status_code == 200, r.text
+    out = {o["name"]: o for o in r.json()["outputs"]}
+    assert r.json()["id"] == "r1" and out["probabilities"]["shape"] == [3, 10] and out["classes"]["shape"] == [3, 5]
+    probs = np.array(out["probabilities"]["data"]).reshape(3, 10)
+    for row, expected in zip(probs, cli):
+        top = np.argsort(-row)[:5]
+        assert_same_top([{"class": str(c), "prob": float(row[c])} for c in top], expected["top"])
+    value, index, label = out["classes"]["data"][0].split(":")
+    assert label == cli[0]["top"][0]["class"] and abs(float(value) - cli[0]["top"][0]["prob"]) <= 1e-5
+    logits = np.array(out["logits"]["data"]).reshape(3, 10)
+    np.testing.assert_allclose(torch.tensor(logits).softmax(-1).numpy(), probs, atol=1e-6)
+    # the same images, already preprocessed, as an FP32 tensor
+    from vitkit.load import load
+    pre = load(run).preprocess
+    from vitkit.data.images import read_image
+    x = torch.stack([pre.eval(read_image(p, 1)) for p in paths]).numpy()
+    r = httpx.post(f"{url}/v2/models/{NAME}/infer", json={"inputs": [
+        {"name": "images", "shape": list(x.shape), "datatype": "FP32", "data": x.reshape(-1).tolist()}],
+        "outputs": [{"name": "probabilities", "parameters": {"classification": 2}}]})
+    assert r.status_code == 200, r.text
+    classified = r.json()["outputs"][0]
+    assert classified["datatype"] == "BYTES" and classified["shape"] == [3, 2]
+    assert [c.split(":")[2] for c in classified["data"][::2]] == [c["top"][0]["class"] for c in cli]
+
+
+def test_tritons_own_client_works_with_its_default_binary_tensors(server, run, tmp_path, capsys):
+    httpclient = pytest.importorskip("tritonclient.http")
+    url, _ = server
+    path = tmp_path / "d.png"
+    path.write_bytes(digit_png(7))
+    cli = predict_cli(run, [path], capsys)[0]["top"]
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"))
+    assert client.is_server_ready() and client.is_model_ready(NAME)
+    assert client.get_model_metadata(NAME)["inputs"][1]["name"] == "image_bytes"
+    data = np.array([path.read_bytes()], dtype=np.object_)
+    inp = httpclient.InferInput("image_bytes", [1], "BYTES")
+    inp.set_data_from_numpy(data)  # binary_data=True by default: the binary tensor extension
+    result = client.infer(NAME, [inp])  # no outputs named: all default outputs, in binary
+    probs = result.as_numpy("probabilities")[0]
+    assert_same_top([{"class": str(c), "prob": float(probs[c])} for c in np.argsort(-probs)[:5]], cli)
+    assert result.as_numpy("classes")[0][0].decode().split(":")[2] == cli[0]["class"]
+    classified = client.infer(NAME, [inp], outputs=[httpclient.InferRequestedOutput("logits", class_count=3)])
+    assert classified.as_numpy("logits").shape == (1, 3)
+    x = np.random.default_rng(0).standard_normal((2, 1, 8, 8)).astype(np.float32)
+    tensor = httpclient.InferInput("images", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    logits = client.infer(NAME, [tensor], outputs=[httpclient.InferRequestedOutput("logits")]).as_numpy("logits")
+    from vitkit.load import load
+    with torch.inference_mode():
+        np.testing.assert_allclose(logits, load(run).model(torch.from_numpy(x)).numpy(), atol=1e-5)
+
+
+# --- convenience endpoints ------------------------------------------------------------------------------
+def test_predict_takes_uploads_and_raw_bodies_like_vitkit_predict(server, run, tmp_path, capsys):
+    url, _ = server
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"p{i}.png")
+        paths[-1].write_bytes(digit_png(i + 20, size=24))  # resized by the checkpoint's preprocessing
+    cli = predict_cli(run, paths, capsys)
+    r = httpx.post(f"{url}/predict?top_k=3", files=[("file", (p.name, p.read_bytes())) for p in paths])
+    assert r.status_code == 200, r.text
+    got = r.json()["predictions"]
+    assert [g["name"] for g in got] == [p.name for p in paths]
+    for g, c in zip(got, cli):
+        assert_same_top(g["top"], c["top"][:3])
+    raw = httpx.post(f"{url}/predict", content=paths[0].read_bytes(), headers={"content-type": "image/png"})
+    assert_same_top(raw.json()["predictions"][0]["top"], cli[0]["top"])
+
+
+def test_explain_equals_vitkit_explain_and_a_cnn_gets_a_400(server, run, tmp_path, capsys):
+    url, _ = server
+    path = tmp_path / "e.png"
+    path.write_bytes(digit_png(3, size=16))
+    assert main(["explain", "--checkpoint", str(run), str(path), "--out", str(tmp_path / "x")]) == 0
+    want = np.load(next((tmp_path / "x").glob("*_rollout.npy")))
+    r = httpx.post(f"{url}/explain", files={"file": ("e.png", path.read_bytes())})
+    assert r.status_code == 200, r.text
+    np.testing.assert_allclose(np.array(r.json()["rollout"]), want, atol=1e-5)
+    overlay = Image.open(io.BytesIO(base64.b64decode(r.json()["overlay_png"])))
+    assert overlay.size == (16, 16) and overlay.mode == "RGB"  # at the image's own size, like vitkit explain's
+    png = httpx.post(f"{url}/explain?format=png", content=path.read_bytes(), headers={"content-type": "image/png"})
+    assert png.headers["content-type"] == "image/png" and Image.open(io.BytesIO(png.content)).size == (16, 16)
+    # a CNN: no attention to explain
+    from vitkit.checkpoint import model_meta, save_weights
+    from vitkit.data.transforms import Preprocess
+    from vitkit.models import create_model
+    cnn = create_model("resnet_bit_mnist")
+    save_weights(tmp_path / "cnn.safetensors", cnn,
+                 model_meta(cnn, preprocess=Preprocess((28, 28), 1, (0.5,), (0.5,)).to_dict()))
+    app = create_app(tmp_path / "cnn.safetensors")
+    r = in_process(app, lambda c: c.post("/explain", content=path.read_bytes(), headers={"content-type": "image/png"}))
+    assert r.status_code == 400 and "no self-attention" in r.json()["error"]
+
+
+# --- batching and back-pressure ---------------------------------------------------------------------------
+def test_concurrent_requests_are_batched_and_get_their_own_answers(run):
+    app = create_app(run, max_batch_size=16, max_wait_ms=200)
+    images = [digit_png(i) for i in range(12)]
+
+    async def sequential_then_concurrent(client):
+        seq = [(await client.post("/predict", content=im, headers={"content-type": "image/png"})).json()
+               for im in images]
+        conc = await asyncio.gather(*(client.post("/predict", content=im, headers={"content-type": "image/png"})
+                                      for im in images))
+        return seq, [r.json() for r in conc], (await client.get("/metrics")).text
+    seq, conc, metrics = in_process(app, sequential_then_concurrent)
+    for s, c in zip(seq, conc):  # each caller gets its own image's answer (distinct images: a mix-up shows)
+        assert_same_top(c["predictions"][0]["top"], s["predictions"][0]["top"])
+    count = float(re.search(r"^vitkit_batch_size_count (\S+)", metrics, re.M).group(1))
+    total = float(re.search(r"^vitkit_batch_size_sum (\S+)", metrics, re.M).group(1))
+    assert total == 24  # 12 + 12 images (the warm-up is not counted)
+    assert count < 12 + 12  # the concurrent 12 ran in fewer than 12 forward passes
+    singles = float(re.search(r'^vitkit_batch_size_bucket\{le="1.0"\} (\S+)', metrics, re.M).group(1))
+    assert count - singles >= 1  # at least one batch of several requests
+
+
+def test_a_full_queue_answers_503_with_retry_after(run):
+    backend = Backend(run)
+    slow = backend.run
+    backend.run = lambda x: (time.sleep(0.3), slow(x))[1]
+    app = create_app(backend, max_batch_size=1, max_queue=2, max_wait_ms=0)
+
+    async def flood(client):
+        rs = await asyncio.gather(*(client.post("/predict", content=digit_png(i), headers={"content-type": "image/png"})
+                                    for i in range(8)))
+        after = await client.post("/predict", content=digit_png(0), headers={"content-type": "image/png"})
+        return rs, after
+    rs, after = in_process(app, flood)
+    codes = sorted(r.status_code for r in rs)
+    assert 200 in codes and 503 in codes and set(codes) <= {200, 503}
+    full = next(r for r in rs if r.status_code == 503)
+    assert full.headers["retry-after"] == "1" and "queue is full" in full.json()["error"]
+    assert after.status_code == 200  # and it goes on serving
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(buf, "PNG")  # 81 megapixels, about 80 kB compressed
+    return buf.getvalue()
+
+
+def test_bad_input_gets_a_4xx_naming_the_problem_and_the_server_keeps_serving(server, run):
+    url, _ = server
+    good = digit_png(5)
+    infer = f"{url}/v2/models/{NAME}/infer"
+    png = {"content-type": "image/png"}
+
+    def b64(data: bytes) -> dict:
+        return {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                            "data": [base64.b64encode(data).decode()]}]}
+    cases = [
+        (lambda: httpx.post(f"{url}/predict", content=b"x" * (21 * 1024 * 1024), headers=png), 413, "exceeds the limit"),
+        (lambda: httpx.post(f"{url}/predict", content=iter([b"x" * (1 << 20)] * 21), headers=png), 413,
+         "exceeds the limit"),  # chunked: no Content-Length to refuse it by
+        (lambda: httpx.post(f"{url}/predict", content=b"not an image at all", headers=png), 400, "not a readable image"),
+        (lambda: httpx.post(f"{url}/predict", content=good[: len(good) // 2], headers=png), 400, "image"),
+        (lambda: httpx.post(f"{url}/predict", files={"file": ("empty.png", b"")}), 400, "empty.png: empty file"),
+        (lambda: httpx.post(f"{url}/predict", content=_bomb(), headers=png), 400, "exceeds the limit of 64,000,000"),
+        (lambda: httpx.post(f"{url}/predict?top_k=zero", content=good, headers=png), 400, "top_k"),
+        (lambda: httpx.post(infer, content=b'{"inputs": [', headers={"content-type": "application/json"}), 400,
+         "not valid JSON"),
+        (lambda: httpx.post(infer, json={"inputs": [{"name": "images", "shape": [1, 1, 8, 8], "datatype": "INT32",
+                                                     "data": [0] * 64}]}), 400, "datatype 'INT32' is not supported"),
+        (lambda: httpx.post(infer, json={"inputs": [{"name": "images", "shape": [1, 1, 8, 8], "datatype": "BYTES",
+                                                     "data": ["AA=="]}]}), 400, "elements for shape"),
+        (lambda: httpx.post(infer, json={"inputs": [{"name": "images", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                                                     "data": [0.0] * 10}]}), 400, "10 values for shape [1, 1, 8, 8]"),
+        (lambda: httpx.post(infer, json={"inputs": [{"name": "images", "shape": [1, 3, 8, 8], "datatype": "FP32",
+                                                     "data": [0.0] * 192}]}), 400, "expected [N, 1, 8, 8]"),
+        (lambda: httpx.post(infer, json={"inputs": [{"name": "images", "shape": [1, 1, 16, 16], "datatype": "FP32",
+                                                     "data": [0.0] * 256}]}), 400, "expected [N, 1, 8, 8]"),
+        (lambda: httpx.post(infer, json={"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                                     "data": ["%%%"]}]}), 400, "not valid base64"),
+        (lambda: httpx.post(infer, json=b64(b"GIF89a-broken")), 400, "image_bytes[0]"),
+        (lambda: httpx.post(infer, json={**b64(good), "outputs": [{"name": "embedding"}]}), 400, "unknown output"),
+        (lambda: httpx.post(infer, content=b'{"inputs": []}', headers={"Inference-Header-Content-Length": "99"}), 400,
+         "Inference-Header-Content-Length 99"),
+        (lambda: httpx.post(f"{url}/v2/models/nope/infer", json=b64(good)), 404, "unknown model 'nope'"),
+        (lambda: httpx.get(f"{url}/no/such/page"), 404, "Not Found"),
+    ]
+    for send, status, words in cases:
+        r = send()
+        assert r.status_code == status, (words, r.status_code, r.text[:300])
+        assert words in r.json()["error"], (words, r.json())
+        assert str(run) not in r.text and "/tmp" not in r.text  # nothing names a path on the server's disk
+        ok = httpx.post(f"{url}/predict", content=good, headers=png)
+        assert ok.status_code == 200, (words, ok.text)
+
+
+def test_metrics_count_requests_latency_batches_and_queue(server):
+    url, _ = server
+    httpx.post(f"{url}/predict", content=digit_png(1), headers={"content-type": "image/png"})
+    text = httpx.get(f"{url}/metrics").text
+    for name in ('vitkit_requests_total{endpoint="/predict",status="200"}', "vitkit_request_seconds_bucket",
+                 "vitkit_batch_size_bucket", "vitkit_queue_depth", "vitkit_images_per_second", "vitkit_images_total",
+                 "vitkit_inference_seconds_count"):
+        assert name in text, name
+
+
+def test_one_json_log_line_per_request(run, caplog):
+    import logging
+    app = create_app(run)
+    with caplog.at_level(logging.INFO, logger="vitkit.serve"):
+        in_process(app, lambda c: c.post("/predict", content=digit_png(2), headers={"content-type": "image/png"}))
+    lines = [json.loads(r.message) for r in caplog.records if r.name == "vitkit.serve"]
+    assert lines[-1]["method"] == "POST" and lines[-1]["path"] == "/predict" and lines[-1]["status"] == 200
+    assert lines[-1]["batch"] == [1] and lines[-1]["latency_ms"] > 0
+
+
+def test_serve_flags_are_checked_before_anything_starts(run, tmp_path, capsys):
+    assert main(["serve", "--checkpoint", str(run), "--max-batch-size", "0"]) == 2
+    assert "--max-batch-size 0: must be at least 1" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", str(tmp_path / "gone.onnx")]) == 2
+    assert "gone.onnx does not exist" in capsys.readouterr().err
+
+
+# --- shutdown and load ----------------------------------------------------------------------------------
+SLOW_SERVER = """
+import sys, time, uvicorn
+from vitkit.serve import create_app
+from vitkit.serve.backend import Backend
+b = Backend(sys.argv[1]); run = b.run
+b.run = lambda x: (time.sleep(0.4), run(x))[1]
+uvicorn.run(create_app(b, max_batch_size=2, max_wait_ms=0), host="127.0.0.1", port=int(sys.argv[2]),
+            log_level="warning", timeout_graceful_shutdown=30)
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_requests_in_flight(run):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SERVER, str(run), str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, proc)
+    results: list[int] = []
+
+    def one(i: int) -> None:
+        r = httpx.post(f"{url}/predict", content=digit_png(i), headers={"content-type": "image/png"}, timeout=60)
+        results.append(r.status_code)
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(6)]  # 3 batches of 2, 0.4 s each
+    for t in threads:
+        t.start()
+    time.sleep(0.5)  # all six sent; the first batch runs, the others wait in the queue
+    proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    assert results == [200] * 6
+    assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+@pytest.mark.slow
+def test_load_64_clients_2000_requests_good_and_bad(server, run, tmp_path):
+    from vitkit.predict import predict
+    url, proc = server
+    images = [digit_png(i) for i in range(16)]
+    paths = [tmp_path / f"{i}.png" for i in range(16)]
+    for p, im in zip(paths, images):
+        p.write_bytes(im)
+    expected = {i: r.top[0][0] for i, r in enumerate(predict(run, paths))}  # what `vitkit predict` says
+    total, clients = 2048, 64
+    rss: list[int] = []
+    answers: dict[str, tuple[int, str]] = {}
+    lock = threading.Lock()
+
+    async def client(k: int, http: httpx.AsyncClient) -> None:
+        for n in range(k, total, clients):
+            kind = n % 8  # 6 of 8 good, one bad image, one bad JSON
+            rid = f"req-{n}"
+            if kind == 6:
+                body = {"id": rid, "inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                               "data": [base64.b64encode(b"garbage" * 10).decode()]}]}
+                r = await http.post(f"/v2/models/{NAME}/infer", json=body)
+            elif kind == 7:
+                r = await http.post(f"/v2/models/{NAME}/infer", content=b'{"id": "' + rid.encode() + b'", ',
+                                    headers={"content-type": "application/json"})
+            else:
+                body = {"id": rid, "inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
+                                               "data": [base64.b64encode(images[n % 16]).decode()]}],
+                        "outputs": [{"name": "classes"}], "parameters": {"top_k": 1}}
+                r = await http.post(f"/v2/models/{NAME}/infer", json=body)
+            label = r.json()["outputs"][0]["data"][0].split(":")[2] if r.status_code == 200 else r.json()["error"]
+            with lock:
+                assert rid not in answers
+                answers[rid] = (r.status_code, label if r.status_code != 200 or r.json()["id"] == rid else "WRONG ID")
+                if len(answers) % (total // 4) == 0:
+                    rss.append(_rss_kib(proc.pid))
+
+    async def go():
+        limits = httpx.Limits(max_connections=clients)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=120) as http:
+            await asyncio.wait_for(asyncio.gather(*(client(k, http) for k in range(clients))), 600)
+    asyncio.run(go())
+    assert len(answers) == total  # none lost, none duplicated (asserted as they came)
+    for n in range(total):
+        status, label = answers[f"req-{n}"]
+        if n % 8 < 6:
+            assert (status, label) == (200, expected[n % 16]), n
+        else:
+            assert 400 <= status < 500, (n, status, label)
+    assert len(rss) == 4 and rss[-1] <= rss[0] * 1.10, rss  # resident memory, first quarter -> last
+
+
+# --- the web page, in a real browser ---------------------------------------------------------------------------
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.slow
+def test_the_web_page_shows_the_top5_and_the_rollout_in_a_real_browser(server, run, tmp_path, capsys):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium; .ci/run does)")
+    url, _ = server
+    image = tmp_path / "seven.png"
+    image.write_bytes(digit_png(7, size=96))
+    want = [t["class"] for t in predict_cli(run, [image], capsys)[0]["top"]]
+    shot = Path(os.environ.get("VITKIT_SCREENSHOT", tmp_path / "page.png"))
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch_persistent_context(  # a fresh profile of its own
+            str(tmp_path / "profile"), executable_path=CHROMIUM, headless=True, viewport={"width": 900, "height": 450},
+            args=["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"])
+        try:
+            page = browser.new_page()
+            offline = []
+            page.on("request", lambda r: offline.append(r.url) if not r.url.startswith((url, "data:", "blob:")) else None)
+            page.goto(url + "/")
+            page.set_input_files("#files", str(image))
+            page.wait_for_selector(".result[data-done=predict]", timeout=30_000)
+            page.wait_for_function("document.querySelector('img.overlay').naturalWidth > 0", timeout=30_000)
+            shown = page.locator(".result .bar .label").all_inner_texts()
+            size = page.evaluate("[document.querySelector('img.overlay').naturalWidth, "
+                                 "document.querySelector('img.overlay').naturalHeight]")
+            shot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(shot))
+        finally:
+            browser.close()
+    assert shown == want  # the labels on the page are `vitkit predict`'s top 5, best first
+    assert size == [96, 96]  # the overlay decoded, at the image's size
+    assert offline == []  # no external assets
+    assert shot.stat().st_size > 0

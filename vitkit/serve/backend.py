@@ -1,0 +1,89 @@
+"""The model behind the server: anything `vitkit.load` loads, ready for inference, with the decoding
+and preprocessing its checkpoint prescribes (the rules `vitkit predict` follows)."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..analysis.attention import Explanation, explain_image
+from ..analysis.plots import overlay_image
+from ..data.images import image_to_tensor, load_image
+from ..errors import VitkitError
+from ..load import load
+
+
+class Backend:
+    """One loaded model. Build it, `prepare`, `run` and `explain` on the server's model thread (the
+    batcher's: every torch computation happens there); `decode` and `check_tensor` use no torch kernels
+    and run on any thread."""
+
+    def __init__(self, source: str | Path, name: str | None = None, device: str = "cpu",
+                 precision: str = "auto", runtime: str = "auto"):
+        loaded = load(source, device, runtime)
+        self.pre, self.classes, self.meta = loaded.preprocess, loaded.classes, loaded.meta
+        self.model, self.precision, self.precision_reason = loaded.for_inference(precision)
+        self.device = torch.device(device)
+        self.name = name or default_name(self.meta, source)
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise VitkitError(f"model name {self.name!r}: use letters, digits, '_', '.' and '-' (it is part of URLs)")
+        self.input_shape = [self.pre.in_chans, *self.pre.img_size]
+        self.has_attention = hasattr(self.model, "blocks") and hasattr(self.model, "patch_embed")
+        self.kind = "onnx/openvino file" if not list(self.model.parameters()) else "pytorch"
+
+    def describe(self) -> str:
+        return (f"{self.name} ({self.meta.get('model_name', self.meta.get('arch', 'model'))}, {len(self.classes)} "
+                f"classes, input {'x'.join(map(str, self.input_shape))}, {self.kind}, precision {self.precision})")
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (float32, on the CPU) of a batch of prepared images."""
+        return self.model(x.to(self.device)).float().cpu()
+
+    def warm_up(self) -> None:
+        """The first calls pay for kernel selection and allocation: pay them before `ready`."""
+        for batch in (1, 2):
+            self.run(torch.zeros(batch, *self.input_shape))
+
+    def decode(self, data: bytes, name: str) -> torch.Tensor:
+        """One encoded image file -> uint8 (C, H, W), as `vitkit predict` decodes it; errors name `name`,
+        never a path on this disk. `prepare` resizes and normalises."""
+        if not data:
+            raise VitkitError(f"{name}: empty file (0 bytes)")
+        return image_to_tensor(load_image(io.BytesIO(data), name), self.pre.in_chans)
+
+    def prepare(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """Model inputs: decoded images get the checkpoint's preprocessing; FP32 tensors come prepared."""
+        return x if torch.is_tensor(x) else torch.stack([self.pre.eval(img) for img in x])
+
+    def check_tensor(self, x: np.ndarray, name: str) -> torch.Tensor:
+        """An FP32 [N, C, H, W] input, checked against the model's fixed input size."""
+        if x.ndim != 4 or list(x.shape[1:]) != self.input_shape:
+            raise VitkitError(f"input '{name}': shape {list(x.shape)}, expected [N, {', '.join(map(str, self.input_shape))}]")
+        if not np.isfinite(x).all():
+            raise VitkitError(f"input '{name}': contains NaN or infinity")
+        return torch.from_numpy(np.array(x, dtype=np.float32))
+
+    def explain(self, data: bytes, name: str) -> tuple[Explanation, bytes]:
+        """The attention rollout of one encoded image, and its overlay on the image as a PNG."""
+        if not self.has_attention:
+            raise VitkitError(f"model {self.name} has no self-attention to explain (a CNN or an exported file); "
+                              "serve a ViT checkpoint for /explain")
+        if not data:
+            raise VitkitError(f"{name}: empty file (0 bytes)")
+        image = load_image(io.BytesIO(data), name)
+        x = self.pre.eval(image_to_tensor(image, self.pre.in_chans))[None].to(self.device)
+        e = explain_image(self.model, x)
+        buf = io.BytesIO()
+        overlay_image(np.asarray(image), e.rollout).save(buf, format="PNG")
+        return e, buf.getvalue()
+
+
+def default_name(meta: dict, source: str | Path) -> str:
+    """The registered model name the checkpoint records, else the file's stem: never a directory path."""
+    name = meta.get("model_name") or Path(str(source)).stem or "model"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
