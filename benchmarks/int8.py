@@ -10,7 +10,8 @@ and, for reference, PyTorch's own dynamic int8 (`torch.ao.quantization.quantize_
 linear layers, the path the peers document), at batch 32, timed in turn for several rounds; with
 `--torchao`, also PyTorch 2 export quantisation (torchao's X86InductorQuantizer: static int8 with scales
 calibrated on 512 training images, or on noise for the random-weight models; the patch convolution
-stays fp32, which the compiler needs; compiled with frozen weights); the table
+stays fp32, which the compiler needs; compiled with frozen weights); with `--openvino`, the OpenVINO IR
+and its NNCF int8 form (`vitkit export --format openvino --precision int8`); the table
 gives the median per-round speed-up over vitkit's fp32 path and its range. `mnist` uses the trained
 checkpoint (and its test accuracy, fp32 against int8, over the whole test set); the 224-px models
 use random weights (speed only).
@@ -109,6 +110,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--torchao", action="store_true",
                     help="also time torchao's PT2E static int8, compiled (needs torchao; slow to compile)")
+    ap.add_argument("--openvino", action="store_true",
+                    help="also time the OpenVINO IR (its own precision choice) and the NNCF int8 IR (calibrated on "
+                         "300 training images of --data for mnist, on synthetic images for the random-weight models)")
     ap.add_argument("--out", default="benchmarks/results/int8.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -122,6 +126,15 @@ def main() -> None:
         export_int8(src, tmp / f"{key}.int8-none.onnx", fuse="none")
         model, meta = load_checkpoint(src)
         model = inference_model(model)
+        openvino = {}
+        if args.openvino:  # the IRs `vitkit export --format openvino [--precision int8 --data ...]` writes
+            from vitkit.engines.openvino import OpenVINOModel
+            from vitkit.export import export_openvino
+            export_openvino(src, tmp / f"{key}.xml")
+            export_openvino(src, tmp / f"{key}.int8.xml", "int8", data=args.data if key == "mnist" else "synthetic",
+                            calibration_count=300 if key == "mnist" else 64)
+            openvino = {"openvino": OpenVINOModel(tmp / f"{key}.xml", precision="auto"),  # its own precision choice
+                        "openvino_int8": OpenVINOModel(tmp / f"{key}.int8.xml")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notice
             torch_int8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
@@ -130,7 +143,7 @@ def main() -> None:
                     "onnx_int8": OnnxModel(tmp / f"{key}.int8.onnx", args.threads),
                     "onnx_int8_whole": OnnxModel(tmp / f"{key}.int8.onnx", args.threads, split=False),
                     "onnx_int8_unfused": OnnxModel(tmp / f"{key}.int8-none.onnx", args.threads),
-                    "torch_dynamic_int8": torch_int8}
+                    "torch_dynamic_int8": torch_int8, **openvino}
         x = torch.randn(args.batch, model.cfg.in_chans, *model.cfg.img_size)
         if args.torchao:
             variants["torchao_static_int8"] = torchao_static_int8(model, x, calibration_images(key, args.data, meta, x))
@@ -154,6 +167,9 @@ def main() -> None:
             fp32 = evaluate_checkpoint(src, args.data)["top1"]
             int8 = evaluate_checkpoint(tmp / f"{key}.int8.onnx", args.data)["top1"]
             row.update(test_acc_fp32=fp32, test_acc_int8=int8, loss_points=100 * (fp32 - int8))
+            if openvino:
+                ov_int8 = evaluate_checkpoint(tmp / f"{key}.int8.xml", args.data)["top1"]
+                row.update(test_acc_openvino_int8=ov_int8, openvino_int8_loss_points=100 * (fp32 - ov_int8))
             if args.torchao:
                 row["test_acc_torchao_int8"] = evaluate(FixedBatch(variants["torchao_static_int8"], x),
                                                         split_loader(args.data, meta, "test", len(x)),
@@ -165,6 +181,13 @@ def main() -> None:
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "threads": args.threads, "cpu": cpu_description(), "machine": describe(),
                                "rows": rows}, indent=2))
     compared = ("onnx_fp32", "onnx_int8", "onnx_int8_whole", "onnx_int8_unfused", "torch_dynamic_int8")
+    for r in rows:
+        for n in ("openvino", "openvino_int8"):
+            if n in r:
+                acc = f", test acc {100 * r['test_acc_openvino_int8']:.2f}%" if n == "openvino_int8" and \
+                    "test_acc_openvino_int8" in r else ""
+                print(f"{n} ({r['model']}): {r[n]['speedup_median']:.2f}x ({r[n]['speedup_min']:.2f}-"
+                      f"{r[n]['speedup_max']:.2f}) over vitkit fp32{acc}")
     print("| model | vitkit fp32 img/s | onnx fp32 | onnx int8 (vitkit: fused attention, batch split) | "
           "int8, whole batch | int8, unfused | torch dynamic int8 | test acc fp32 -> int8 |")
     print("|---|---:|---:|---:|---:|---:|---:|---|")

@@ -6,6 +6,10 @@ import torch
 # Tests that compare exact values run in fp32 on every kind of machine (on a CPU with native bf16,
 # `auto` would pick bf16); set before any test so subprocesses (the CLI, torchrun) inherit it too.
 os.environ["VITKIT_AUTO_PRECISION"] = "fp32"
+# ... and exported .onnx files on onnxruntime: OpenVINO's runtime stays out of the main test process
+# (tests/test_openvino_isolated.py runs the OpenVINO tests in one of their own, with this unset).
+if os.environ.get("VITKIT_OPENVINO_TESTS") != "1":
+    os.environ["VITKIT_AUTO_RUNTIME"] = "onnxruntime"
 
 
 @pytest.fixture(autouse=True)

@@ -196,3 +196,18 @@ def test_export_reports_the_accuracy_the_file_costs(tmp_path, capsys):
     assert got, line
     want = [100 * evaluate_checkpoint(p, "digits")["top1"] for p in (tmp_path / "w.safetensors", tmp_path / "q.onnx")]
     assert [float(got[1]), float(got[2])] == [round(w, 2) for w in want]
+
+
+@pytest.mark.parametrize("path, isa, installed, int8, want", [
+    ("m.xml", set(), True, False, "openvino"),
+    ("m.onnx", {"avx2"}, True, False, "onnxruntime"),             # Zen 3: onnxruntime measured faster
+    ("m.onnx", {"avx2", "avx512f"}, True, False, "openvino"),     # Xeon with AVX-512: OpenVINO measured faster
+    ("m.onnx", {"avx2", "avx512f"}, False, False, "onnxruntime"),  # ... unless it is not installed
+    ("m.onnx", {"avx2", "avx512f"}, True, True, "onnxruntime"),   # int8 files use onnxruntime's own operators
+])
+def test_the_automatic_runtime_follows_the_measured_rule(path, isa, installed, int8, want):
+    from vitkit.load import decide_runtime
+    runtime, why = decide_runtime(path, isa, installed, int8)
+    assert runtime == want and why
+    if not installed:
+        assert "pip install 'vitkit[openvino]'" in why

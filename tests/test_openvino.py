@@ -122,3 +122,17 @@ def test_int8_ir_needs_calibration_data_and_dynamic_size_irs_run_at_other_sizes(
     x = torch.randn(2, 1, 16, 24)
     with torch.inference_mode():
         torch.testing.assert_close(loaded(x), reference(x), atol=1e-4, rtol=0)
+
+
+def test_auto_runs_fp32_onnx_files_where_the_rule_says_and_int8_files_on_onnxruntime(run, tmp_path):
+    from vitkit.load import decide_runtime
+    from vitkit.machine import describe
+    assert "VITKIT_AUTO_RUNTIME" not in os.environ
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    main(["export", "--checkpoint", str(run), "--out", str(fp32), "--no-check"])
+    main(["export", "--checkpoint", str(run), "--format", "int8", "--out", str(int8), "--no-check"])
+    want = decide_runtime(str(fp32), set(describe()["isa"]), True, False)[0]
+    assert type(load(fp32).model).__name__ == {"openvino": "OpenVINOModel", "onnxruntime": "OnnxModel"}[want]
+    assert type(load(int8).model).__name__ == "OnnxModel"
+    from vitkit.engines.openvino import OpenVINOModel
+    assert "f32" in OpenVINOModel(fp32).inference_precision.lower() or "float32" in OpenVINOModel(fp32).inference_precision.lower()

@@ -260,6 +260,21 @@ def test_explain_equals_vitkit_explain_and_a_cnn_gets_a_400(server, run, tmp_pat
     assert r.status_code == 400 and "no self-attention" in r.json()["error"]
 
 
+def test_an_exported_onnx_file_is_served_with_the_same_answers(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "m.onnx"), "--no-check"])
+    images = [digit_png(i) for i in (1, 2)]
+
+    async def ask(client):
+        return [(await client.post("/predict", content=im, headers={"content-type": "image/png"})).json()
+                for im in images]
+    from_file = in_process(create_app(tmp_path / "m.onnx"), ask)
+    from_checkpoint = in_process(create_app(run), ask)
+    for a, b in zip(from_file, from_checkpoint):
+        assert a["model"] == b["model"] == NAME  # the name the file records, not its path
+        assert_same_top(a["predictions"][0]["top"], b["predictions"][0]["top"], tol=1e-4)
+
+
 # --- batching and back-pressure ---------------------------------------------------------------------------
 def test_concurrent_requests_are_batched_and_get_their_own_answers(run):
     app = create_app(run, max_batch_size=16, max_wait_ms=200)

@@ -68,11 +68,54 @@ def resolve_weights(path: str | Path) -> Path:
 RUNTIMES = ("auto", "onnxruntime", "openvino")
 
 
+def decide_runtime(path: str, isa: set[str], openvino_installed: bool, int8_onnx: bool) -> tuple[str, str]:
+    """(runtime, why) `--runtime auto` takes for an exported file: the rule docs/export.md states.
+
+    Measured (benchmarks/throughput.py, 2026-12-03, docs/export.md): on a 2-core Xeon with AVX-512,
+    OpenVINO (f32) ran vitkit's fp32 .onnx 1.04-1.79x as fast as onnxruntime for the MNIST model,
+    ViT-S/16 and ViT-B/16 at batch 32, all but ViT-B/16 at batch 1 (0.82x there, in noisy rounds); on
+    an AVX2-only EPYC (Zen 3) onnxruntime was faster in all but one case. vitkit's int8 .onnx uses
+    onnxruntime's own operators (QAttention)."""
+    if path.endswith(".xml"):
+        return "openvino", "an OpenVINO IR"
+    if int8_onnx:
+        return "onnxruntime", "an int8 file written for onnxruntime's kernels"
+    if "avx512f" not in isa:
+        return "onnxruntime", "faster than OpenVINO for .onnx files on CPUs without AVX-512 (measured on Zen 3)"
+    if not openvino_installed:
+        return "onnxruntime", "OpenVINO would be faster on this AVX-512 CPU: pip install 'vitkit[openvino]'"
+    return "openvino", "faster than onnxruntime for fp32 .onnx files on AVX-512 CPUs (measured on a Xeon)"
+
+
+RUNTIME_PIN_ENV = "VITKIT_AUTO_RUNTIME"
+
+
+def auto_runtime(path: str) -> tuple[str, str]:
+    """`decide_runtime` for this machine and file; `VITKIT_AUTO_RUNTIME=onnxruntime|openvino` pins what
+    `auto` means for .onnx files (the tests pin it, so they run alike on every kind of machine)."""
+    import importlib.util
+    import os
+
+    from .machine import describe
+
+    pinned = os.environ.get(RUNTIME_PIN_ENV, "")
+    if pinned and path.endswith(".onnx"):
+        if pinned not in ("onnxruntime", "openvino"):
+            raise VitkitError(f"{RUNTIME_PIN_ENV}={pinned!r}: expected onnxruntime or openvino")
+        return pinned, f"auto, pinned by {RUNTIME_PIN_ENV}"
+    isa, installed = set(describe()["isa"]), importlib.util.find_spec("openvino") is not None
+    int8 = False
+    if path.endswith(".onnx") and "avx512f" in isa and installed:  # only then does the file's kind matter
+        from .engines.openvino import read_meta
+        int8 = "int8" in str(read_meta(path).get("quantization", ""))
+    return decide_runtime(path, isa, installed, int8)
+
+
 def load(source: str | Path, device: str | torch.device = "cpu", runtime: str = "auto") -> Loaded:
     """The model `source` describes, loaded, in eval mode, with its metadata (preprocessing, classes).
     `device` is checked first (`cuda` on a machine without one, `cuda:9`, `gpu`: one-line errors).
-    `runtime` runs an exported file: `auto` takes OpenVINO for an IR (.xml) and onnxruntime for .onnx
-    (the runtime vitkit's ONNX figures were measured with; docs/export.md)."""
+    `runtime` runs an exported file: `auto` follows `decide_runtime` (OpenVINO for an IR, and for an
+    fp32 .onnx file on a CPU with AVX-512 where OpenVINO is installed; else onnxruntime)."""
     device = resolve_device(device)
     if runtime not in RUNTIMES:
         raise VitkitError(f"unknown runtime '{runtime}' ({', '.join(RUNTIMES)})")
@@ -82,7 +125,9 @@ def load(source: str | Path, device: str | torch.device = "cpu", runtime: str = 
             raise VitkitError(f"checkpoint {s} does not exist")
         if s.endswith(".xml") and runtime == "onnxruntime":
             raise VitkitError(f"{s} is an OpenVINO IR: run it with --runtime openvino (or auto)")
-        if s.endswith(".xml") or runtime == "openvino":
+        if runtime == "auto":
+            runtime = auto_runtime(s)[0]
+        if runtime == "openvino":
             from .engines.openvino import OpenVINOModel
 
             model = OpenVINOModel(s)

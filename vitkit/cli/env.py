@@ -19,7 +19,10 @@ def _env(args: argparse.Namespace) -> None:
     for name in devices:
         chosen, why = choose("auto", resolve_device(name))
         choices[f"precision on {name}"] = f"{chosen} ({why})"
-    choices["runtime for .onnx files"] = "onnxruntime (CPU execution provider); --runtime openvino to switch"
+    from ..load import decide_runtime
+    fp32 = decide_runtime("m.onnx", set(info["isa"]), bool(info["versions"]["openvino"]), False)
+    choices["runtime for fp32 .onnx"] = f"{fp32[0]} ({fp32[1]})"
+    choices["runtime for int8 .onnx"] = "onnxruntime (its own int8 operators)"
     choices["runtime for .xml (IR)"] = ("OpenVINO" if info["versions"]["openvino"]
                                         else "OpenVINO (not installed: pip install 'vitkit[openvino]')")
     if args.json:

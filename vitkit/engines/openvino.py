@@ -53,7 +53,9 @@ class OpenVINOModel(nn.Module):
 
     def __init__(self, path: str | Path, precision: str | None = None, hint: str = "LATENCY"):
         """`precision`: fp32 or bf16 forces OpenVINO's inference precision; "auto" leaves it to OpenVINO
-        (bf16 where the CPU computes it natively); None takes what the file was exported for."""
+        (bf16 wherever the CPU has AVX512-BF16, also where that is slower); None takes what the file was
+        exported for: bf16 IRs run in bf16, fp32 IRs and .onnx files in f32, and an int8 IR's float
+        parts follow vitkit's own rule (vitkit.precision: bf16 only where it measured faster)."""
         super().__init__()
         ov = openvino()
         if hint not in HINTS:
@@ -61,7 +63,11 @@ class OpenVINOModel(nn.Module):
         config: dict[str, str] = {"PERFORMANCE_HINT": hint}
         self.meta = read_meta(path)
         # None: what `vitkit export` was asked for; "auto": OpenVINO's own choice for this CPU
-        precision = precision or self.meta.get("openvino_precision")
+        if precision is None:
+            precision = self.meta.get("openvino_precision") or "fp32"
+            if precision == "int8":
+                from ..precision import choose
+                precision = choose("auto", torch.device("cpu"))[0]
         if precision in ("fp32", "bf16"):
             config["INFERENCE_PRECISION_HINT"] = {"fp32": "f32", "bf16": "bf16"}[precision]
         try:

@@ -163,9 +163,8 @@ def _errors(app: FastAPI) -> None:
         return error(503, f"{e}; retry shortly", {"Retry-After": "1"})
 
 
-def _require(state: ServerState, name: str | None = None) -> None:
-    if name is not None and name != state.backend.name:
-        raise ProtocolError(404, f"unknown model '{name}' (this server holds '{state.backend.name}')")
+def _require(state: ServerState) -> None:
+    """Inference only once the warm-up is done (the readiness endpoints say when)."""
     if not state.ready.is_set():
         raise HTTPException(503, "the model is still warming up", headers={"Retry-After": "1"})
 
@@ -192,7 +191,7 @@ def _v2_routes(app: FastAPI, state: ServerState) -> None:
     def model_metadata() -> dict[str, Any]:
         c, h, w = b.input_shape
         k = len(b.classes)
-        return {"name": b.name, "versions": [VERSION], "platform": f"vitkit_{b.kind.split('/')[0].split(' ')[0]}",
+        return {"name": b.name, "versions": [VERSION], "platform": f"vitkit_{b.runtime}",
                 "inputs": [{"name": IMAGES, "datatype": "FP32", "shape": [-1, c, h, w]},
                            {"name": IMAGE_BYTES, "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, k]},

@@ -33,11 +33,12 @@ class Backend:
             raise VitkitError(f"model name {self.name!r}: use letters, digits, '_', '.' and '-' (it is part of URLs)")
         self.input_shape = [self.pre.in_chans, *self.pre.img_size]
         self.has_attention = hasattr(self.model, "blocks") and hasattr(self.model, "patch_embed")
-        self.kind = "onnx/openvino file" if not list(self.model.parameters()) else "pytorch"
+        self.runtime = {"OnnxModel": "onnxruntime", "OpenVINOModel": "openvino"}.get(type(self.model).__name__,
+                                                                                   "pytorch")
 
     def describe(self) -> str:
         return (f"{self.name} ({self.meta.get('model_name', self.meta.get('arch', 'model'))}, {len(self.classes)} "
-                f"classes, input {'x'.join(map(str, self.input_shape))}, {self.kind}, precision {self.precision})")
+                f"classes, input {'x'.join(map(str, self.input_shape))}, on {self.runtime}, precision {self.precision})")
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:
