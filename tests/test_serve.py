@@ -28,6 +28,7 @@ from PIL import Image  # noqa: E402
 
 from vitkit.cli import main  # noqa: E402
 from vitkit.config import build_config  # noqa: E402
+from vitkit.models import create_model  # noqa: E402
 from vitkit.serve import create_app  # noqa: E402
 from vitkit.serve.backend import Backend  # noqa: E402
 from vitkit.train import train  # noqa: E402
@@ -295,6 +296,45 @@ def test_concurrent_requests_are_batched_and_get_their_own_answers(run):
     assert count < 12 + 12  # the concurrent 12 ran in fewer than 12 forward passes
     singles = float(re.search(r'^vitkit_batch_size_bucket\{le="1.0"\} (\S+)', metrics, re.M).group(1))
     assert count - singles >= 1  # at least one batch of several requests
+
+
+def _native_threads() -> int:
+    """OS threads of this process that Python did not start (OpenMP's workers among them)."""
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir() or torch.get_num_threads() < 2,
+                    reason="counts threads in /proc; a team needs 2 threads")
+def test_only_the_model_thread_runs_torch_kernels(tmp_path):
+    """A torch kernel on any other thread of the server (decoding, the event loop) starts a second OpenMP
+    team, which made the model 30% slower (batcher.py): serving every kind of request starts none."""
+    from vitkit.checkpoint import model_meta, save_weights
+    from vitkit.data.transforms import Preprocess
+    model = create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, in_chans=3, num_classes=1000,
+                         embed_dim=32, depth=1, num_heads=2, mlp_dim=64)
+    save_weights(tmp_path / "rgb.safetensors", model,
+                 model_meta(model, preprocess=Preprocess((32, 32), 3, (0.5,) * 3, (0.5,) * 3).to_dict()))
+    buf = io.BytesIO()  # large enough that torch would copy it in parallel
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(buf, "PNG")
+    png = buf.getvalue()
+    tensor = np.zeros((4, 3, 32, 32), np.float32)
+    infer_bytes = {"inputs": [{"name": "image_bytes", "shape": [2], "datatype": "BYTES",
+                               "data": [base64.b64encode(png).decode()] * 2}],
+                   "outputs": [{"name": "logits"}, {"name": "probabilities"}, {"name": "classes"}]}
+    infer_tensor = {"inputs": [{"name": "images", "shape": list(tensor.shape), "datatype": "FP32",
+                                "data": tensor.ravel().tolist()}]}
+
+    async def every_kind(client):
+        before = _native_threads()
+        for _ in range(2):
+            for r in (await client.post("/v2/models/rgb/infer", json=infer_bytes),
+                      await client.post("/v2/models/rgb/infer", json=infer_tensor),
+                      await client.post("/predict", content=png, headers={"content-type": "image/png"}),
+                      await client.post("/explain", content=png, headers={"content-type": "image/png"})):
+                assert r.status_code == 200, r.text
+        return before, _native_threads()
+    before, after = in_process(create_app(tmp_path / "rgb.safetensors"), every_kind)
+    assert after == before
 
 
 def test_a_full_queue_answers_503_with_retry_after(run):

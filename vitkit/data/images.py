@@ -75,8 +75,10 @@ def image_to_tensor(img: Image.Image, in_chans: int) -> Tensor:
         raise VitkitError(f"images can be read for 1 or 3 input channels, not {in_chans}")
     img = img.convert("L" if in_chans == 1 else "RGB")
     arr = np.asarray(img, dtype=np.uint8)
-    t = torch.from_numpy(arr.copy())
-    return t[None] if in_chans == 1 else t.permute(2, 0, 1).contiguous()
+    # numpy does the copy: a torch kernel here would start a second OpenMP team in the calling thread
+    # (a server's decoding thread), and two teams on the same cores slow the model's (serve/batcher.py)
+    chw = arr[None] if in_chans == 1 else arr.transpose(2, 0, 1)
+    return torch.from_numpy(np.array(chw, order="C"))  # a copy: PIL's buffer is read-only
 
 
 def read_image(path: str | Path | BinaryIO, in_chans: int, name: str | None = None) -> Tensor:

@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
 from ..errors import VitkitError
-from .backend import Backend
+from .backend import Backend, softmax, top_k
 from .batcher import Batcher, ModelThread, QueueFull
 from .metrics import Metrics
 from .protocol import InferRequest, OutputTensor, ProtocolError, RequestedOutput, encode_response, parse_infer
@@ -169,7 +169,8 @@ def _require(state: ServerState) -> None:
         raise HTTPException(503, "the model is still warming up", headers={"Retry-After": "1"})
 
 
-async def _classify(request: Request, state: ServerState, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+async def _classify(request: Request, state: ServerState, x: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
+    """Logits of `x` (numpy: nothing but the model thread runs torch kernels)."""
     out, batches = await state.batcher.submit(x, len(x))
     request.scope["vitkit.batch"] = batches
     return out
@@ -283,16 +284,16 @@ def _top_k(value: Any, classes: int) -> int:
     return min(value, classes)
 
 
-def _labels(probs: torch.Tensor, k: int, classes: list[str]) -> list[list[bytes]]:
+def _labels(probs: np.ndarray, k: int, classes: list[str]) -> list[list[bytes]]:
     """Triton's classification strings, "value:index:label", best first."""
-    v, i = probs.topk(min(k, probs.shape[-1]), dim=-1)
+    v, i = top_k(probs, k)
     return [[f"{p:.6f}:{c}:{classes[c]}".encode() for p, c in zip(pv, iv)] for pv, iv in zip(v.tolist(), i.tolist())]
 
 
-def _outputs(b: Backend, req: InferRequest, logits: torch.Tensor) -> list[OutputTensor]:
+def _outputs(b: Backend, req: InferRequest, logits: np.ndarray) -> list[OutputTensor]:
     binary_default = bool(req.parameters.get("binary_data_output", False))
     wanted = req.outputs or [RequestedOutput(n, binary_default) for n in DEFAULT_OUTPUTS]
-    probs = logits.softmax(-1)
+    probs = softmax(logits)
     k = _top_k(req.parameters.get("top_k", 5), len(b.classes))
     out = []
     for o in wanted:
@@ -300,7 +301,7 @@ def _outputs(b: Backend, req: InferRequest, logits: torch.Tensor) -> list[Output
         if o.name == "classes" or o.classification:
             out.append(OutputTensor(o.name, "BYTES", _labels(values, o.classification or k, b.classes), o.binary))
         else:
-            out.append(OutputTensor(o.name, "FP32", values.numpy(), o.binary))
+            out.append(OutputTensor(o.name, "FP32", values, o.binary))
     return out
 
 
@@ -347,8 +348,7 @@ def _convenience_routes(app: FastAPI, state: ServerState) -> None:
         k = _query_top_k(request, len(b.classes))
         files = await _uploads(request)
         x = await _prepare(state, lambda: [b.decode(data, name) for name, data in files])
-        probs = (await _classify(request, state, x)).softmax(-1)
-        p, idx = probs.topk(k, dim=-1)
+        p, idx = top_k(softmax(await _classify(request, state, x)), k)
         return {"model": b.name, "predictions": [
             {"name": name, "top": [{"class": b.classes[c], "prob": round(v, 6)} for c, v in zip(ii, pi)]}
             for (name, _), pi, ii in zip(files, p.tolist(), idx.tolist())]}
@@ -370,8 +370,7 @@ def _convenience_routes(app: FastAPI, state: ServerState) -> None:
         e, png = await state.thread.call(b.explain, data, name)
         if fmt == "png":
             return Response(png, media_type="image/png")
-        probs = e.logits.softmax(-1)
-        p, idx = probs.topk(k)
+        p, idx = top_k(softmax(e.logits.numpy()), k)
         return {"model": b.name, "name": name, "grid": list(e.rollout.shape),
                 "top": [{"class": b.classes[c], "prob": round(v, 6)} for c, v in zip(idx.tolist(), p.tolist())],
                 "rollout": np.round(e.rollout.numpy().astype(np.float64), 6).tolist(),

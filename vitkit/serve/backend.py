@@ -88,3 +88,15 @@ def default_name(meta: dict, source: str | Path) -> str:
     """The registered model name the checkpoint records, else the file's stem: never a directory path."""
     name = meta.get("model_name") or Path(str(source)).stem or "model"
     return re.sub(r"[^A-Za-z0-9_.-]", "_", str(name))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Class probabilities, in numpy: outside the model thread the server runs no torch kernels (batcher.py)."""
+    z = np.exp(logits - logits.max(-1, keepdims=True))
+    return z / z.sum(-1, keepdims=True)
+
+
+def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(values, indices) of the `k` largest along the last axis, best first; ties keep the lower index."""
+    idx = np.argsort(-probs, axis=-1, kind="stable")[..., :k]
+    return np.take_along_axis(probs, idx, -1), idx

@@ -9,7 +9,12 @@ that is not coming, and under load batches fill up.
 Every torch computation of the server runs on that one thread (`ModelThread`), loading included:
 PyTorch's OpenMP pool belongs to the thread that starts it, and a second thread running parallel
 kernels costs both: the MNIST model at batch 1 took 3.1 ms with one torch thread and 13 ms once
-another thread had run kernels too (2-core Xeon, 2026-12-03, one-off timing script).
+another thread had run kernels too (2-core Xeon, 2026-12-03, one-off timing script). Even one small
+parallel kernel elsewhere (a softmax on the event loop, a copy while decoding) starts a second OpenMP
+thread team, and the model's team stays slower from then on: ViT-S/16 at batch 1 took 72-78 ms inside
+the server against 54-60 ms offline, and 50-59 ms once the rest of the server ran numpy only (same
+process pair, round-robin; GOMP_SPINCOUNT did not change it). So the batcher hands out numpy arrays,
+and the app computes probabilities and top-k in numpy.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 
@@ -91,8 +97,8 @@ class Batcher:
         if self._wake is not None:
             self._wake.set()
 
-    async def submit(self, x: Any, n: int) -> tuple[torch.Tensor, list[int]]:
-        """(outputs for the `n` images of `x`, the sizes of the batches they ran in)."""
+    async def submit(self, x: Any, n: int) -> tuple[np.ndarray, list[int]]:
+        """(outputs for the `n` images of `x` as a numpy array, the sizes of the batches they ran in)."""
         if len(self.pending) >= self.max_queue:
             raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
         item = _Item(x, n, asyncio.get_running_loop().create_future())
@@ -144,7 +150,7 @@ class Batcher:
             if self.pending:
                 self._wake.set()
 
-    def _run_items(self, items: list[_Item]) -> list[torch.Tensor]:
+    def _run_items(self, items: list[_Item]) -> list[np.ndarray]:
         x = torch.cat([self.prepare(i.x) for i in items])
         outs = []
         for start in range(0, len(x), self.max_batch_size):
@@ -156,4 +162,4 @@ class Batcher:
             for i in items:
                 i.batches.append(len(chunk))
         y = torch.cat(outs)
-        return list(torch.split(y, [i.n for i in items]))
+        return [part.numpy() for part in torch.split(y, [i.n for i in items])]  # numpy from here on
