@@ -6,17 +6,20 @@ For each model (`mnist`: a trained MNIST run; `s16`: ViT-S/16 with random weight
 (`pytorch`: the checkpoint; `int8`: the file `vitkit export --format int8` writes):
 
 - offline: the backend's own throughput at the server's batch size (the limit a server can reach)
-  and its batch-1 latency, timed in this process before any server starts;
+  and its batch-1 latency, timed in this process;
 - `vitkit serve` and a LitServe app holding the same vitkit backend (same model object, same
   preprocessing, same precision) with the same batch settings (--max-batch-size, --max-wait-ms as
-  LitServe's batch_timeout), each in its own process, one at a time;
-- for each client count, wrk (Debian's `wrk`: a C load generator, cheap on the shared CPU) keeps that
+  LitServe's batch_timeout), each in its own process, both started at once and frozen (SIGSTOP)
+  while the other one or the offline timing runs;
+- --rounds rounds, round-robin: the offline limit, then each server in turn (order alternating), and
+  for each client count wrk (Debian's `wrk`: a C load generator, cheap on the shared CPU) keeps that
   many connections busy for --seconds, each request one encoded image as base64 JSON (the open
   inference protocol's BYTES tensor for vitkit, `{"image": ...}` for LitServe), after a warm-up.
 
 Reported per row: requests (= images) per second, p50 / p99 latency, the share of the machine's CPU
 the load generator used (it shares the cores with the server), the fraction of the offline limit, the
-ratio to LitServe at the same client count, and at 1 client the per-request overhead (p50 minus the
+ratio to LitServe at the same client count (medians over rounds; ratios as the median and range of
+the per-round ratios), and at 1 client the per-request overhead (p50 minus the
 offline batch-1 latency). Results go to benchmarks/results/serve.json (and .md).
 """
 
@@ -65,22 +68,26 @@ def images_for(key: str, size: tuple[int, int], in_chans: int, count: int = 16) 
     return out
 
 
-def offline(source: Path, batch: int, seconds: float) -> tuple[float, float]:
-    """(images/s at `batch`, median batch-1 latency in ms) of the backend the servers hold."""
-    from vitkit.serve.backend import Backend
-    b = Backend(source)
-    b.warm_up()
-    x = torch.randn(batch, *b.input_shape)
-    one = torch.randn(1, *b.input_shape)
-    b.run(x)
-    limit = rate(lambda: b.run(x), batch, seconds, min_runs=3)
-    lat = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(lat) < 20:
-        t0 = time.perf_counter()
-        b.run(one)
-        lat.append((time.perf_counter() - t0) * 1000)
-    return limit, statistics.median(lat)
+class Offline:
+    """The backend the servers hold, in this process: its throughput at the server's batch size (the limit a
+    server can reach) and its median batch-1 latency, timed once per round while the servers are frozen."""
+
+    def __init__(self, source: Path, batch: int):
+        from vitkit.serve.backend import Backend
+        self.b = Backend(source)
+        self.b.warm_up()
+        self.x, self.one = torch.randn(batch, *self.b.input_shape), torch.randn(1, *self.b.input_shape)
+        self.b.run(self.x)
+
+    def measure(self, seconds: float) -> tuple[float, float]:
+        limit = rate(lambda: self.b.run(self.x), len(self.x), seconds, min_runs=3)
+        lat = []
+        t_end = time.perf_counter() + seconds
+        while time.perf_counter() < t_end or len(lat) < 20:
+            t0 = time.perf_counter()
+            self.b.run(self.one)
+            lat.append((time.perf_counter() - t0) * 1000)
+        return limit, statistics.median(lat)
 
 
 LITSERVE_APP = """
@@ -145,7 +152,14 @@ def start(server: str, source: Path, batch: int, wait_ms: float, workdir: Path) 
     raise TimeoutError(f"{server} did not become ready")
 
 
+def pause(proc: subprocess.Popen, frozen: bool) -> None:
+    """Freeze or resume a server (with its worker processes): an idle LitServe polls its queues (about 10%
+    of a core here), which would slow whatever is measured beside it."""
+    os.killpg(proc.pid, signal.SIGSTOP if frozen else signal.SIGCONT)
+
+
 def stop(proc: subprocess.Popen) -> None:
+    os.killpg(proc.pid, signal.SIGCONT)
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(30)
@@ -200,6 +214,80 @@ def wrk(url: str, path: str, script: Path, clients: int, seconds: float) -> dict
             "socket_errors": errors.group(0) if errors else "", "loadgen_cpu_share": cpu}
 
 
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def measure(key: str, backend: str, source: Path, images: list[bytes], servers: list[str], clients: list[int],
+            args: argparse.Namespace, tmp: Path) -> list[dict]:
+    """Every server for one model and backend, started together and measured round-robin: in each round the
+    offline limit, then each server in turn (the others frozen), every client count; the order of the
+    servers alternates between rounds. Medians over rounds, and the per-round ratios to LitServe."""
+    off = Offline(source, args.max_batch_size)
+    running = {}
+    try:
+        for server in servers:
+            running[server] = start(server, source, args.max_batch_size, args.max_wait_ms, tmp)
+            pause(running[server][0], True)
+        runs = {(server, c): [] for server in servers for c in clients}
+        limits = []
+        for r in range(args.rounds):
+            limits.append(off.measure(3.0))
+            print(f"{key} {backend} round {r + 1}: offline {limits[-1][0]:.1f} img/s at batch "
+                  f"{args.max_batch_size}, batch-1 {limits[-1][1]:.2f} ms", file=sys.stderr, flush=True)
+            for server in servers[r % len(servers):] + servers[:r % len(servers)]:
+                proc, url, path = running[server]
+                script = tmp / f"{server}.lua"
+                script.write_text(WRK_SCRIPT % (", ".join(lua_string(b) for b in bodies(server, images)), path))
+                pause(proc, False)
+                try:
+                    wrk(url, path, script, 8, 2)  # warm-up
+                    for c in clients:
+                        res = wrk(url, path, script, c, args.seconds)
+                        runs[server, c].append(res)
+                        print(f"  {server} {c} clients: {res['req_s']:.1f} req/s, p50 {res['p50_ms']:.1f} ms",
+                              file=sys.stderr, flush=True)
+                        if res["non_2xx"] or res["socket_errors"]:
+                            print(f"WARNING: {server} answered {res['non_2xx']} requests with errors "
+                                  f"({res['socket_errors']}): its figures do not count", file=sys.stderr)
+                finally:
+                    pause(proc, True)
+    finally:
+        for proc, _, _ in running.values():
+            stop(proc)
+    rows = []
+    for (server, c), rs in runs.items():
+        row = {"model": key, "backend": backend, "server": server, "clients": c, "rounds": len(rs),
+               **{m: statistics.median(x[m] for x in rs) for m in ("req_s", "p50_ms", "p99_ms", "loadgen_cpu_share")},
+               "non_2xx": sum(x["non_2xx"] for x in rs),
+               "socket_errors": [x["socket_errors"] for x in rs if x["socket_errors"]],
+               "req_s_per_round": [x["req_s"] for x in rs],
+               "offline_img_s": statistics.median(lim for lim, _ in limits),
+               "offline_b1_ms": statistics.median(b1 for _, b1 in limits),
+               "of_limit": spread([x["req_s"] / lim for x, (lim, _) in zip(rs, limits)])}
+        row["overhead_ms"] = row["p50_ms"] - row["offline_b1_ms"]
+        if server != "litserve" and ("litserve", c) in runs:
+            row["x_litserve"] = spread([a["req_s"] / b["req_s"] for a, b in zip(rs, runs["litserve", c])])
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    def ratio(d: dict | None) -> str:
+        return f"{d['median']:.2f} ({d['min']:.2f}-{d['max']:.2f})" if d else ""
+    lines = ["| model | backend | server | clients | img/s | p50 ms | p99 ms | of offline limit | x LitServe | "
+             "overhead at 1 client (ms) | load generator CPU | non-2xx |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lim = r["of_limit"]
+        cells = [r["model"], r["backend"], r["server"], r["clients"], f"{r['req_s']:.1f}", f"{r['p50_ms']:.2f}",
+                 f"{r['p99_ms']:.2f}", f"{100 * lim['median']:.0f}% ({100 * lim['min']:.0f}-{100 * lim['max']:.0f})",
+                 ratio(r.get("x_litserve")), f"{r['overhead_ms']:.2f}" if r["clients"] == 1 else "",
+                 f"{100 * r['loadgen_cpu_share']:.0f}%", r["non_2xx"]]
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="trained MNIST run (for the mnist row)")
@@ -207,12 +295,14 @@ def main() -> None:
     ap.add_argument("--backends", default="pytorch,int8", help="pytorch (the checkpoint) and/or int8 (its int8 file)")
     ap.add_argument("--servers", default="vitkit,litserve", help="vitkit and/or litserve")
     ap.add_argument("--clients", default="1,8,64", help="concurrent connections per run")
-    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run (after a 3 s warm-up)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run (after a 2 s warm-up)")
+    ap.add_argument("--rounds", type=int, default=3, help="round-robin rounds (medians and ratio ranges over them)")
     ap.add_argument("--max-batch-size", type=int, default=32, help="both servers' batch limit (default 32)")
     ap.add_argument("--max-wait-ms", type=float, default=5.0, help="vitkit's --max-wait-ms, LitServe's batch_timeout")
     ap.add_argument("--out", default="benchmarks/results/serve.json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
+    servers, clients = args.servers.split(","), [int(c) for c in args.clients.split(",")]
     rows = []
     for key in args.models.split(","):
         checkpoint = checkpoint_for(key, args.checkpoint, tmp)
@@ -225,50 +315,16 @@ def main() -> None:
                 from vitkit.export import export_int8
                 source = tmp / f"{key}.int8.onnx"
                 export_int8(checkpoint, source, check=False)
-            limit, b1 = offline(source, args.max_batch_size, 3.0)
-            print(f"{key} {backend}: offline {limit:.1f} img/s at batch {args.max_batch_size}, batch-1 {b1:.2f} ms",
-                  file=sys.stderr, flush=True)
-            for server in args.servers.split(","):
-                script = tmp / f"{server}.lua"
-                proc, url, path = start(server, source, args.max_batch_size, args.max_wait_ms, tmp)
-                script.write_text(WRK_SCRIPT % (", ".join(lua_string(b) for b in bodies(server, images)), path))
-                try:
-                    wrk(url, path, script, 8, 3)  # warm-up
-                    for clients in map(int, args.clients.split(",")):
-                        r = wrk(url, path, script, clients, args.seconds)
-                        row = {"model": key, "backend": backend, "server": server, "clients": clients, **r,
-                               "offline_img_s": limit, "offline_b1_ms": b1, "of_limit": r["req_s"] / limit,
-                               "overhead_ms": r["p50_ms"] - b1}
-                        rows.append(row)
-                        print(json.dumps(row), file=sys.stderr, flush=True)
-                        if r["non_2xx"] or r["socket_errors"]:
-                            print(f"WARNING: {server} answered {r['non_2xx']} requests with errors "
-                                  f"({r['socket_errors']}): its figures do not count", file=sys.stderr)
-                finally:
-                    stop(proc)
-    for r in rows:
-        peer = next((p for p in rows if p["server"] == "litserve" and r["server"] != "litserve" and
-                     (p["model"], p["backend"], p["clients"]) == (r["model"], r["backend"], r["clients"])), None)
-        if peer:
-            r["x_litserve"] = r["req_s"] / peer["req_s"]
+            rows += measure(key, backend, source, images, servers, clients, args, tmp)
+            print(table(rows), file=sys.stderr, flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "machine": describe(),
               "command": " ".join(sys.argv), "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
-              "seconds": args.seconds, "rows": rows}
+              "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    lines = ["| model | backend | server | clients | img/s | p50 ms | p99 ms | of offline limit | x LitServe | "
-             "overhead at 1 client (ms) | load generator CPU | non-2xx |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        cells = [r["model"], r["backend"], r["server"], r["clients"], f"{r['req_s']:.1f}", f"{r['p50_ms']:.2f}",
-                 f"{r['p99_ms']:.2f}", f"{100 * r['of_limit']:.0f}%",
-                 f"{r['x_litserve']:.2f}" if "x_litserve" in r else "",
-                 f"{r['overhead_ms']:.2f}" if r["clients"] == 1 else "", f"{100 * r['loadgen_cpu_share']:.0f}%",
-                 r["non_2xx"]]
-        lines.append("| " + " | ".join(map(str, cells)) + " |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    out.with_suffix(".md").write_text(table(rows))
+    print(table(rows))
 
 
 if __name__ == "__main__":
