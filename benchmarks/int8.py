@@ -42,6 +42,9 @@ from vitkit.runtime import tune_allocator
 
 from common import checkpoint_for, cpu_description, rate
 
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"  # works from any directory
+
+
 def torchao_static_int8(model: torch.nn.Module, x: torch.Tensor, calibration: list[torch.Tensor]):
     """PT2E static int8 for x86 (oneDNN int8 kernels, quantise/dequantise fused by the compiler)."""
     try:
@@ -102,7 +105,8 @@ class FixedBatch(torch.nn.Module):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="trained MNIST run or file (for the mnist row and its accuracy)")
-    ap.add_argument("--data", default="mnist:../shared/data/mnist", help="data spec of the accuracy check")
+    ap.add_argument("--data", default=f"mnist:{SHARED_MNIST}", help="data spec of the accuracy check (default: the "
+                    "MNIST beside the checkout)")
     ap.add_argument("--models", default="mnist,s16", help="comma-separated: mnist, ti16, s16, b16")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=5)

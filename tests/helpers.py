@@ -95,3 +95,12 @@ def make_hostile_corpus(root: Path, bomb: bool = True) -> dict[str, bool]:
         Image.new("1", (10_000, 7_000)).save(root / "bomb.png", optimize=True)
         ok["bomb.png"] = False
     return ok
+
+
+def train_small_digits_run(out: Path, epochs: int) -> Path:
+    """A real run folder in seconds: the digits preset with two blocks (what exporting and serving tests load)."""
+    from vitkit.config import build_config
+    from vitkit.train import train
+    train(build_config("digits", [f"train.epochs={epochs}", "model.depth=2", "train.tensorboard=false",
+                                  f"train.out={out}"]), progress=False)
+    return out

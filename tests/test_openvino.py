@@ -7,12 +7,11 @@ import os
 import pytest
 import torch
 
+from helpers import train_small_digits_run
 from vitkit import VitkitError
 from vitkit.cli import main
-from vitkit.config import build_config
 from vitkit.load import load
 from vitkit.machine import describe
-from vitkit.train import train
 
 # OpenVINO's runtime (its TBB threads) stays out of the main test process, where the suite later forks
 # loader workers and compiles with inductor (one CI run crashed after it was loaded there):
@@ -25,10 +24,7 @@ pytest.importorskip("onnx")
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ov") / "run"
-    train(build_config("digits", ["train.epochs=3", "model.depth=2", "train.tensorboard=false", f"train.out={out}"]),
-          progress=False)
-    return out
+    return train_small_digits_run(tmp_path_factory.mktemp("ov") / "run", epochs=3)
 
 
 def test_the_ir_matches_pytorch_and_carries_vitkit_metadata(run, tmp_path, capsys):

@@ -5,6 +5,7 @@ gets a 4xx and leaves the server serving, metrics, SIGTERM draining, and a bound
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import base64
 import io
 import json
@@ -26,22 +27,18 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 from PIL import Image  # noqa: E402
 
+from helpers import train_small_digits_run  # noqa: E402
 from vitkit.cli import main  # noqa: E402
-from vitkit.config import build_config  # noqa: E402
 from vitkit.models import create_model  # noqa: E402
 from vitkit.serve import create_app  # noqa: E402
 from vitkit.serve.backend import Backend  # noqa: E402
-from vitkit.train import train  # noqa: E402
 
 NAME = "vit_digits_patch4_8"
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("serve") / "run"
-    train(build_config("digits", ["train.epochs=2", "model.depth=2", "train.tensorboard=false", f"train.out={out}"]),
-          progress=False)
-    return out
+    return train_small_digits_run(tmp_path_factory.mktemp("serve") / "run", epochs=2)
 
 
 def digit_png(i: int, size: int = 8) -> bytes:
@@ -471,6 +468,55 @@ def test_sigterm_finishes_the_requests_in_flight(run):
         t.join(60)
     assert results == [200] * 6
     assert proc.wait(60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has drained
+
+
+@pytest.mark.slow
+def test_workers_are_processes_with_their_own_model_and_share_of_the_cores(run):
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(run), "--port", str(port),
+                             "--workers", "2", "--log-level", "info"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        assert "2 worker processes" in proc.stdout.readline()
+        cores = len(os.sched_getaffinity(0))
+        meta = httpx.get(f"{url}/v2/models/{NAME}").json()
+        assert meta["parameters"]["threads"] == max(1, cores // 2)
+        expected = httpx.post(f"{url}/predict", content=digit_png(3), headers={"content-type": "image/png"}).json()
+
+        def ask(i: int) -> dict:  # a new connection each time, so that either worker may accept it
+            with httpx.Client() as c:
+                return c.post(f"{url}/predict", content=digit_png(3), headers={"content-type": "image/png"}).json()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(ask, range(64)))
+        assert all(a == expected for a in answers)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    workers = {json.loads(line)["worker"] for line in err.splitlines() if line.startswith('{"method"')}
+    assert len(workers) == 2 and proc.pid not in workers  # both workers answered; the parent only supervises
+    assert proc.returncode == 0
+
+
+def test_the_kserve_manifest_and_the_image_run_a_valid_vitkit_serve(server):
+    """The deployment files are not run here (no cluster): what they would run is checked instead."""
+    import yaml
+    from vitkit.cli import build_parser
+    root = Path(__file__).resolve().parents[1] / "deploy"
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", (root / "Dockerfile").read_text(), re.M).group(1))
+    service = yaml.safe_load((root / "kserve" / "inferenceservice.yaml").read_text())
+    assert (service["apiVersion"], service["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    container = service["spec"]["predictor"]["containers"][0]
+    assert container["name"] == "kserve-container"
+    assert entry[:2] == ["vitkit", "serve"]
+    args = build_parser().parse_args(entry[1:] + container["args"])
+    assert args.host == "0.0.0.0" and args.port == container["ports"][0]["containerPort"]
+    assert str(args.checkpoint) == "/mnt/models"  # where KServe's storage initializer puts STORAGE_URI
+    url, _ = server
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["port"] == args.port
+        assert httpx.get(url + container[probe]["httpGet"]["path"]).status_code == 200
 
 
 def _rss_kib(pid: int) -> int:

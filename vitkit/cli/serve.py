@@ -3,28 +3,43 @@
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
+import json
+import os
 
+from ..errors import VitkitError
 from .common import checkpoint_flag, device_flag, precision_flag, runtime_flag
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ..serve import create_app  # one-line error without the serve extra
+    from ..serve import app_module
+    served = app_module()  # one-line error without the serve extra
     import uvicorn
 
-    logging.basicConfig(stream=sys.stderr, format="%(message)s")
-    logging.getLogger("vitkit.serve").setLevel(args.log_level.upper())
-    app = create_app(args.checkpoint, args.name, device=args.device, precision=args.precision,
-                     runtime=args.runtime, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-                     max_queue=args.max_queue, max_body_mb=args.max_body_mb)
-    backend = app.state.vitkit.backend
+    if args.workers < 1:
+        raise VitkitError(f"--workers {args.workers}: must be at least 1")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    settings = dict(source=str(args.checkpoint), name=args.name, device=args.device, precision=args.precision,
+                    runtime=args.runtime, max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+                    max_queue=args.max_queue, max_body_mb=args.max_body_mb,
+                    threads=max(1, cores // args.workers) if args.workers > 1 else None)
+    served.configure_logging(args.log_level)
+    app = served.create_app(**settings)  # a bad checkpoint or flag fails here, in one line, before any worker starts
+    backend, state = app.state.vitkit.backend, app.state.vitkit
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"serving {backend.describe()}\n  web page  http://{host}:{args.port}/\n"
+    processes = f"; {args.workers} worker processes, {state.threads} threads each" if args.workers > 1 else ""
+    print(f"serving {backend.describe()}{processes}\n  web page  http://{host}:{args.port}/\n"
           f"  protocol  http://{host}:{args.port}/v2/models/{backend.name}/infer (open inference protocol)\n"
           f"  metrics   http://{host}:{args.port}/metrics", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False,
-                timeout_graceful_shutdown=args.drain_seconds)
+    common = dict(host=args.host, port=args.port, log_level=args.log_level, access_log=False,
+                  timeout_graceful_shutdown=args.drain_seconds)
+    if args.workers == 1:
+        uvicorn.run(app, **common)
+        return 0
+    state.thread.shutdown()  # the workers load their own copies; this one only checked that it loads
+    del app, backend, state
+    os.environ[served.WORKER_SETTINGS] = json.dumps({**settings, "log_level": args.log_level})
+    os.environ["OMP_NUM_THREADS"] = str(settings["threads"])  # for every library in the workers
+    uvicorn.run("vitkit.serve.app:worker_app", factory=True, workers=args.workers, **common)
     return 0
 
 
@@ -51,6 +66,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="requests that may wait for the model (default 256); beyond it: 503 with Retry-After")
     p.add_argument("--max-body-mb", type=float, default=20.0,
                    help="largest request body in MiB (default 20); larger ones get 413")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes sharing the port (uvicorn's workers), each with its own copy of the "
+                        "model and cores/N threads (default 1: one process using every core)")
     p.add_argument("--drain-seconds", type=int, default=30,
                    help="on SIGTERM, how long requests in flight may take to finish (default 30)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],

@@ -7,12 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 
-def create_app(*args: Any, **kwargs: Any):
-    """`vitkit.serve.app.create_app`, with a one-line error when the serve extra is missing."""
+def app_module():
+    """`vitkit.serve.app`, with a one-line error when the serve extra is missing."""
     try:
-        from .app import create_app as make
+        from . import app
     except ImportError as e:
         from ..errors import VitkitError
         raise VitkitError(f"serving needs FastAPI, uvicorn and prometheus_client ({e.name} is missing): "
                           "pip install 'vitkit[serve]'") from None
-    return make(*args, **kwargs)
+    return app
+
+
+def create_app(*args: Any, **kwargs: Any):
+    """`vitkit.serve.app.create_app` (see there)."""
+    return app_module().create_app(*args, **kwargs)

@@ -9,7 +9,9 @@ import base64
 import contextlib
 import json
 import logging
+import os
 import threading
+import sys
 import time
 from importlib import resources
 from pathlib import Path
@@ -85,13 +87,15 @@ class _Edge:
             self.state.metrics.requests.labels(endpoint, str(status[0])).inc()
             self.state.metrics.latency.labels(endpoint).observe(seconds)
             log.info(json.dumps({"method": scope["method"], "path": scope["path"], "status": status[0],
-                                 "latency_ms": round(seconds * 1000, 2), "batch": scope.get("vitkit.batch")}))
+                                 "latency_ms": round(seconds * 1000, 2), "batch": scope.get("vitkit.batch"),
+                                 "worker": os.getpid()}))
 
 
 class ServerState:
     def __init__(self, backend: Backend, thread: ModelThread, max_batch_size: int, max_wait_ms: float,
-                 max_queue: int, max_body_mb: float):
+                 max_queue: int, max_body_mb: float, threads: int):
         self.backend, self.thread, self.max_body = backend, thread, int(max_body_mb * 1024 * 1024)
+        self.threads = threads  # the model thread's intra-op threads
         self.metrics = Metrics(lambda: self.batcher.depth)
         self.batcher = Batcher(backend.run, backend.prepare, thread, max_batch_size, max_wait_ms, max_queue,
                                self.metrics.batch)
@@ -100,22 +104,27 @@ class ServerState:
 
 def create_app(source: str | Path | Backend, name: str | None = None, *, device: str = "cpu",
                precision: str = "auto", runtime: str = "auto", max_batch_size: int = 32, max_wait_ms: float = 5.0,
-               max_queue: int = 256, max_body_mb: float = 20.0) -> FastAPI:
+               max_queue: int = 256, max_body_mb: float = 20.0, threads: int | None = None) -> FastAPI:
     """The ASGI app serving `source` (anything `vitkit.load` loads, or a `Backend` already loaded).
     The model loads here, on the thread that will run it; the warm-up runs when the app starts, and
-    /v2/health/ready says when it is done."""
+    /v2/health/ready says when it is done. `threads`: the model's intra-op threads (default: torch's,
+    one per core); `vitkit serve --workers N` gives each worker process its share of the cores."""
     for flag, value, low in (("--max-batch-size", max_batch_size, 1), ("--max-queue", max_queue, 1),
-                             ("--max-wait-ms", max_wait_ms, 0), ("--max-body-mb", max_body_mb, 0.001)):
+                             ("--max-wait-ms", max_wait_ms, 0), ("--max-body-mb", max_body_mb, 0.001),
+                             ("threads", threads or 1, 1)):
         if value < low:
             raise VitkitError(f"{flag} {value}: must be at least {low}")
     thread = ModelThread()
     try:
+        if threads:
+            thread.run(torch.set_num_threads, threads)
         backend = source if isinstance(source, Backend) else thread.run(Backend, source, name, device, precision,
                                                                          runtime)
+        state = ServerState(backend, thread, max_batch_size, max_wait_ms, max_queue, max_body_mb,
+                            thread.run(torch.get_num_threads))
     except BaseException:
         thread.shutdown()
         raise
-    state = ServerState(backend, thread, max_batch_size, max_wait_ms, max_queue, max_body_mb)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -199,6 +208,7 @@ def _v2_routes(app: FastAPI, state: ServerState) -> None:
                             {"name": "probabilities", "datatype": "FP32", "shape": [-1, k]},
                             {"name": "classes", "datatype": "BYTES", "shape": [-1, -1]}],
                 "parameters": {"classes": b.classes, "preprocess": b.pre.to_dict(), "precision": b.precision,
+                               "threads": state.threads,
                                "default_outputs": list(DEFAULT_OUTPUTS), "top_k": 5}}
 
     @app.get("/v2")
@@ -375,3 +385,20 @@ def _convenience_routes(app: FastAPI, state: ServerState) -> None:
                 "top": [{"class": b.classes[c], "prob": round(v, 6)} for c, v in zip(idx.tolist(), p.tolist())],
                 "rollout": np.round(e.rollout.numpy().astype(np.float64), 6).tolist(),
                 "overlay_png": base64.b64encode(png).decode()}
+
+
+WORKER_SETTINGS = "VITKIT_SERVE_WORKER"  # how `vitkit serve --workers N` hands its settings to the workers
+
+
+def configure_logging(level: str) -> None:
+    """One JSON line per request at info (the server's own logger; uvicorn keeps its own)."""
+    logging.basicConfig(stream=sys.stderr, format="%(message)s")
+    log.setLevel(level.upper())
+
+
+def worker_app() -> FastAPI:
+    """uvicorn's app factory in each worker process of `vitkit serve --workers N`: its own model, model
+    thread and share of the cores, from the settings the parent process put in the environment."""
+    settings = json.loads(os.environ[WORKER_SETTINGS])
+    configure_logging(settings.pop("log_level"))
+    return create_app(**settings)
