@@ -334,6 +334,31 @@ def test_only_the_model_thread_runs_torch_kernels(tmp_path):
     assert after == before
 
 
+def test_small_requests_are_decoded_on_the_loop_and_large_images_in_a_thread(run, monkeypatch):
+    """The event loop never decodes a large image, even one whose file is small (a solid colour)."""
+    import vitkit.serve.app as served
+    hops = []
+    real = asyncio.to_thread
+
+    async def counted(fn, *args):
+        hops.append(fn)
+        return await real(fn, *args)
+    monkeypatch.setattr(served.asyncio, "to_thread", counted)
+    buf = io.BytesIO()
+    Image.new("L", (2000, 2000), 128).save(buf, "PNG")
+    large = buf.getvalue()
+    assert len(large) < served.INLINE_BYTES
+
+    async def both(client):
+        small = await client.post("/predict", content=digit_png(1), headers={"content-type": "image/png"})
+        inline_hops = len(hops)
+        big = await client.post("/predict", content=large, headers={"content-type": "image/png"})
+        return small, inline_hops, big
+    small, inline_hops, big = in_process(create_app(run), both)
+    assert small.status_code == big.status_code == 200
+    assert inline_hops == 0 and len(hops) == 1
+
+
 def test_a_full_queue_answers_503_with_retry_after(run):
     backend = Backend(run)
     slow = backend.run

@@ -9,12 +9,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..analysis.attention import Explanation, explain_image
 from ..analysis.plots import overlay_image
 from ..data.images import image_to_tensor, load_image
 from ..errors import VitkitError
 from ..load import load
+
+
+class NeedsThread(Exception):
+    """An image too large to decode on the event loop: the caller decodes it in a thread."""
 
 
 class Backend:
@@ -50,11 +55,20 @@ class Backend:
         for batch in (1, 2):
             self.run(torch.zeros(batch, *self.input_shape))
 
-    def decode(self, data: bytes, name: str) -> torch.Tensor:
+    def decode(self, data: bytes, name: str, max_pixels: int | None = None) -> torch.Tensor:
         """One encoded image file -> uint8 (C, H, W), as `vitkit predict` decodes it; errors name `name`,
-        never a path on this disk. `prepare` resizes and normalises."""
+        never a path on this disk. `prepare` resizes and normalises. An image larger than `max_pixels`
+        (read from its header, before decoding) raises `NeedsThread`."""
         if not data:
             raise VitkitError(f"{name}: empty file (0 bytes)")
+        if max_pixels is not None:
+            try:
+                with Image.open(io.BytesIO(data)) as header:
+                    big = header.width * header.height > max_pixels
+            except Exception:  # noqa: BLE001 - not an image: load_image below names the problem
+                big = False
+            if big:
+                raise NeedsThread()
         return image_to_tensor(load_image(io.BytesIO(data), name), self.pre.in_chans)
 
     def prepare(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
