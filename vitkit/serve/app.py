@@ -415,6 +415,9 @@ def configure_logging(level: str) -> None:
 def worker_app() -> FastAPI:
     """uvicorn's app factory in each worker process of `vitkit serve --workers N`: its own model, model
     thread and share of the cores, from the settings the parent process put in the environment."""
+    if WORKER_SETTINGS not in os.environ:
+        raise VitkitError(f"vitkit.serve.app:worker_app is for `vitkit serve --workers N` (it reads {WORKER_SETTINGS}); "
+                          "elsewhere use vitkit.serve.create_app(...)")
     settings = json.loads(os.environ[WORKER_SETTINGS])
     configure_logging(settings.pop("log_level"))
     return create_app(**settings)
