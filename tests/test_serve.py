@@ -5,8 +5,8 @@ gets a 4xx and leaves the server serving, metrics, SIGTERM draining, and a bound
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import base64
+import concurrent.futures
 import io
 import json
 import os

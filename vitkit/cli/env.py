@@ -22,7 +22,8 @@ def _env(args: argparse.Namespace) -> None:
     from ..load import decide_runtime
     fp32 = decide_runtime("m.onnx", set(info["isa"]), bool(info["versions"]["openvino"]), False)
     choices["runtime for fp32 .onnx"] = f"{fp32[0]} ({fp32[1]})"
-    choices["runtime for int8 .onnx"] = "onnxruntime (its own int8 operators)"
+    int8 = decide_runtime("m.onnx", set(info["isa"]), bool(info["versions"]["openvino"]), True)
+    choices["runtime for int8 .onnx"] = f"{int8[0]} ({int8[1]})"
     choices["runtime for .xml (IR)"] = ("OpenVINO" if info["versions"]["openvino"]
                                         else "OpenVINO (not installed: pip install 'vitkit[openvino]')")
     if args.json:

@@ -23,9 +23,14 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 MAX_PIXELS = 64_000_000
 
 
-def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+class DecodeElsewhere(Exception):
+    """`load_image(..., defer_above=N)` met an image of more than N pixels, before decoding it."""
+
+
+def load_image(path: str | Path | BinaryIO, name: str | None = None, defer_above: int | None = None) -> Image.Image:
     """Open, orient and normalise the mode of one image file (or open binary stream) to "L" or "RGB".
-    Errors name `name` (default: the path)."""
+    Errors name `name` (default: the path). `defer_above`: raise `DecodeElsewhere` instead of decoding an
+    image with more pixels (a server decodes small images on its event loop, large ones in a thread)."""
     path_name = name or str(path)
     try:
         with warnings.catch_warnings():
@@ -33,6 +38,8 @@ def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Im
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
                     raise VitkitError(f"{path_name}: {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS:,}")
+                if defer_above is not None and img.width * img.height > defer_above:
+                    raise DecodeElsewhere()
                 img.seek(0)
                 img = ImageOps.exif_transpose(img)
                 img.load()

@@ -24,8 +24,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
+from ..data.images import DecodeElsewhere
 from ..errors import VitkitError
-from .backend import Backend, NeedsThread, softmax, top_k
+from .backend import Backend, softmax, top_k
 from .batcher import Batcher, ModelThread, QueueFull
 from .metrics import Metrics
 from .protocol import InferRequest, OutputTensor, ProtocolError, RequestedOutput, encode_response, parse_infer
@@ -195,11 +196,11 @@ INLINE_PIXELS = 128 * 128
 async def _prepare(state: ServerState, fn: Callable[[int | None], Any], size: int) -> Any:
     """`fn(max_pixels)` parses, checks and decodes a request (no torch kernels: those run on the model
     thread). Small requests run it right here; the rest, and any image above `max_pixels`
-    (`NeedsThread`), go to a thread, announced to the batcher so that it waits for them."""
+    (`DecodeElsewhere`), go to a thread, announced to the batcher so that it waits for them."""
     if size <= INLINE_BYTES:
         try:
             return fn(INLINE_PIXELS)
-        except NeedsThread:
+        except DecodeElsewhere:
             pass
     state.batcher.arriving += 1
     try:

@@ -9,17 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..analysis.attention import Explanation, explain_image
 from ..analysis.plots import overlay_image
 from ..data.images import image_to_tensor, load_image
 from ..errors import VitkitError
 from ..load import load
-
-
-class NeedsThread(Exception):
-    """An image too large to decode on the event loop: the caller decodes it in a thread."""
 
 
 class Backend:
@@ -58,18 +53,10 @@ class Backend:
     def decode(self, data: bytes, name: str, max_pixels: int | None = None) -> torch.Tensor:
         """One encoded image file -> uint8 (C, H, W), as `vitkit predict` decodes it; errors name `name`,
         never a path on this disk. `prepare` resizes and normalises. An image larger than `max_pixels`
-        (read from its header, before decoding) raises `NeedsThread`."""
+        raises `DecodeElsewhere` before it is decoded."""
         if not data:
             raise VitkitError(f"{name}: empty file (0 bytes)")
-        if max_pixels is not None:
-            try:
-                with Image.open(io.BytesIO(data)) as header:
-                    big = header.width * header.height > max_pixels
-            except Exception:  # noqa: BLE001 - not an image: load_image below names the problem
-                big = False
-            if big:
-                raise NeedsThread()
-        return image_to_tensor(load_image(io.BytesIO(data), name), self.pre.in_chans)
+        return image_to_tensor(load_image(io.BytesIO(data), name, max_pixels), self.pre.in_chans)
 
     def prepare(self, x: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
         """Model inputs: decoded images get the checkpoint's preprocessing; FP32 tensors come prepared."""
