@@ -100,7 +100,7 @@ class VitkitAPI(ls.LitAPI):
         self.b = Backend(source)
         self.b.warm_up()
     def decode_request(self, request):  # decoding and preprocessing, as vitkit's server does them
-        return self.b.prepare([self.b.decode(base64.b64decode(request["image"]), "image")])[0]
+        return self.b.prepare([self.b.check_image(base64.b64decode(request["image"]), "image")])[0]
     def batch(self, inputs):
         return torch.stack(inputs)
     def predict(self, x):

@@ -152,6 +152,7 @@ IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit": build_vitkit,
     "vitkit_auto": build_vitkit,       # as `vitkit eval`/`train` run with no flags: --precision auto
     "vitkit_bf16": build_vitkit,       # --precision bf16 (inference: bf16 weights; training: autocast)
+    "vitkit_fp16": build_vitkit,       # --precision fp16 (the same, in fp16)
     "vitkit_compiled": build_vitkit,   # torch.compile (inference: with frozen weights)
     "vitkit_onnx": build_vitkit_onnx,  # inference only: the exported fp32 file on onnxruntime
     "vitkit_openvino": lambda n: build_vitkit_openvino(n, "LATENCY"),  # inference only: the IR on OpenVINO
@@ -162,6 +163,7 @@ IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit_file_auto": build_vitkit_onnx_auto,  # the .onnx file on the runtime --runtime auto picks here
     "hf_sdpa": lambda n: build_hf(n, "sdpa"),
     "hf_sdpa_bf16": lambda n: build_hf(n, "sdpa"),  # bf16 weights (inference) / autocast (training)
+    "hf_sdpa_fp16": lambda n: build_hf(n, "sdpa"),  # the same in fp16
     "hf_eager": lambda n: build_hf(n, "eager"),
     "vit_pytorch": build_vit_pytorch,
     "timm": build_timm,
@@ -190,6 +192,8 @@ FILE_IMPLS = ("vitkit_onnx", "vitkit_openvino", "vitkit_file")  # exported files
 def precision_of(impl: str) -> torch.dtype | None:
     if impl.endswith("_bf16"):
         return torch.bfloat16
+    if impl.endswith("_fp16"):
+        return torch.float16
     if impl == "vitkit_auto":
         from vitkit.precision import choose
         return DTYPES[choose("auto", DEVICE)[0]]
@@ -220,10 +224,10 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
     if not train:
         model.eval()
         autocast = dtype
-        if dtype is not None and impl in ("vitkit_auto", "vitkit_bf16"):  # converted weights, as vitkit runs them
+        if dtype is not None and impl in ("vitkit_auto", "vitkit_bf16", "vitkit_fp16"):  # converted weights, as vitkit runs them
             from vitkit.precision import in_precision
             model, autocast = in_precision(model, "bf16" if dtype == torch.bfloat16 else "fp16"), None
-        elif dtype is not None and impl.endswith("_bf16"):  # a peer's bf16 path: weights and input in bf16
+        elif dtype is not None and impl.endswith(("_bf16", "_fp16")):  # a peer's bf16/fp16 path: weights and input in bf16
             model, x, autocast = model.to(dtype), x.to(dtype), None
         if impl.startswith("vitkit"):
             from vitkit.models.inference import inference_model

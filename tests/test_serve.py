@@ -334,29 +334,61 @@ def test_only_the_model_thread_runs_torch_kernels(tmp_path):
     assert after == before
 
 
-def test_small_requests_are_decoded_on_the_loop_and_large_images_in_a_thread(run, monkeypatch):
-    """The event loop never decodes a large image, even one whose file is small (a solid colour)."""
+def test_images_are_decoded_on_the_model_thread_and_a_bad_one_fails_only_its_request(run, monkeypatch):
+    """Decoding runs just before the batch, on the model thread; an image that fails there (a truncated
+    file passes the header check) gets its own 400 while the rest of its batch is answered. Small bodies
+    are parsed on the event loop, large ones in a thread."""
     import vitkit.serve.app as served
-    hops = []
-    real = asyncio.to_thread
+    import vitkit.serve.backend as backend_module
+    decoded_on, hops, sizes = [], [], []
+    real_load, real_hop = backend_module.load_image, asyncio.to_thread
+
+    def recorded_load(*args, **kwargs):
+        decoded_on.append(threading.current_thread().name)
+        return real_load(*args, **kwargs)
 
     async def counted(fn, *args):
         hops.append(fn)
-        return await real(fn, *args)
+        return await real_hop(fn, *args)
+    monkeypatch.setattr(backend_module, "load_image", recorded_load)
     monkeypatch.setattr(served.asyncio, "to_thread", counted)
-    buf = io.BytesIO()
-    Image.new("L", (2000, 2000), 128).save(buf, "PNG")
-    large = buf.getvalue()
-    assert len(large) < served.INLINE_BYTES
+    backend = Backend(run)
+    model_run = backend.run
 
-    async def both(client):
-        small = await client.post("/predict", content=digit_png(1), headers={"content-type": "image/png"})
+    def slow_first(x):  # the first batch runs long enough for the others to queue behind it
+        sizes.append(len(x))
+        if len(sizes) == 1:
+            time.sleep(0.3)
+        return model_run(x)
+    backend.run = slow_first
+    good = [digit_png(i) for i in range(4)]
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (400, 400, 3), dtype=np.uint8)).save(buf, "PNG")
+    large = buf.getvalue()
+    assert len(large) > served.INLINE_BYTES
+    png = {"content-type": "image/png"}
+
+    async def batch_with_a_bad_image(client):
+        alone = [(await client.post("/predict", content=im, headers=png)).json() for im in good]
         inline_hops = len(hops)
-        big = await client.post("/predict", content=large, headers={"content-type": "image/png"})
-        return small, inline_hops, big
-    small, inline_hops, big = in_process(create_app(run), both)
-    assert small.status_code == big.status_code == 200
-    assert inline_hops == 0 and len(hops) == 1
+        sizes.clear()
+        first = asyncio.create_task(client.post("/predict", content=good[0], headers=png))
+        await asyncio.sleep(0.1)
+        rest = await asyncio.gather(*(client.post("/predict", content=im, headers=png)
+                                      for im in [*good, good[1][: len(good[1]) // 2]]))
+        big = await client.post("/predict", content=large, headers=png)
+        return alone, inline_hops, await first, rest, big
+    app = create_app(backend, max_batch_size=16, max_wait_ms=50)
+    alone, inline_hops, first, rest, big = in_process(app, batch_with_a_bad_image)
+    assert first.status_code == 200 and big.status_code == 200
+    *answered, truncated = rest
+    assert truncated.status_code == 400 and "image: cannot decode image" in truncated.json()["error"]
+    assert [r.status_code for r in answered] == [200] * 4
+    for a, r in zip(alone, answered):
+        assert_same_top(r.json()["predictions"][0]["top"], a["predictions"][0]["top"])
+    assert sizes[:2] == [1, 4]  # the four good images ran together, without the truncated one
+    assert decoded_on and all(name.startswith("vitkit-model") for name in decoded_on)
+    assert inline_hops == 0 and len(hops) == 1  # only the large body was parsed in a thread
 
 
 def test_a_full_queue_answers_503_with_retry_after(run):

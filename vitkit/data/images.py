@@ -23,33 +23,40 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 MAX_PIXELS = 64_000_000
 
 
-class DecodeElsewhere(Exception):
-    """`load_image(..., defer_above=N)` met an image of more than N pixels, before decoding it."""
-
-
-def load_image(path: str | Path | BinaryIO, name: str | None = None, defer_above: int | None = None) -> Image.Image:
-    """Open, orient and normalise the mode of one image file (or open binary stream) to "L" or "RGB".
-    Errors name `name` (default: the path). `defer_above`: raise `DecodeElsewhere` instead of decoding an
-    image with more pixels (a server decodes small images on its event loop, large ones in a thread)."""
-    path_name = name or str(path)
+def _open(path: str | Path | BinaryIO, name: str, decode: bool) -> Image.Image | None:
+    """Open one image, refuse it above MAX_PIXELS, and (if `decode`) decode it; PIL's errors become one
+    line that names `name`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise VitkitError(f"{path_name}: {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS:,}")
-                if defer_above is not None and img.width * img.height > defer_above:
-                    raise DecodeElsewhere()
+                    raise VitkitError(f"{name}: {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS:,}")
+                if not decode:
+                    return None
                 img.seek(0)
                 img = ImageOps.exif_transpose(img)
                 img.load()
+                return img
     except VitkitError:
         raise
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise VitkitError(f"{path_name}: not a readable image ({type(e).__name__})") from None
+        raise VitkitError(f"{name}: not a readable image ({type(e).__name__})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise VitkitError(f"{path_name}: cannot decode image ({e})") from None
-    return _to_8bit(img)
+        raise VitkitError(f"{name}: cannot decode image ({e})") from None
+
+
+def check_image(path: str | Path | BinaryIO, name: str | None = None) -> None:
+    """What `load_image` refuses before decoding (not an image, too many pixels), from the file's header
+    alone: a server answers those at once and decodes the rest where it suits it (serve/backend.py).
+    Errors only found by decoding (a truncated file) come from `load_image`."""
+    _open(path, name or str(path), decode=False)
+
+
+def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
+    """Open, orient and normalise the mode of one image file (or open binary stream) to "L" or "RGB".
+    Errors name `name` (default: the path)."""
+    return _to_8bit(_open(path, name or str(path), decode=True))
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -82,8 +89,8 @@ def image_to_tensor(img: Image.Image, in_chans: int) -> Tensor:
         raise VitkitError(f"images can be read for 1 or 3 input channels, not {in_chans}")
     img = img.convert("L" if in_chans == 1 else "RGB")
     arr = np.asarray(img, dtype=np.uint8)
-    # numpy does the copy: a torch kernel here would start a second OpenMP team in the calling thread
-    # (a server's decoding thread), and two teams on the same cores slow the model's (serve/batcher.py)
+    # numpy does the copy: a torch kernel here would start a second OpenMP team in a thread other than
+    # the one that runs the model, and two teams on the same cores slow the model's (serve/batcher.py)
     chw = arr[None] if in_chans == 1 else arr.transpose(2, 0, 1)
     return torch.from_numpy(np.array(chw, order="C"))  # a copy: PIL's buffer is read-only
 

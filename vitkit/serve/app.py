@@ -24,7 +24,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from ..data.images import DecodeElsewhere
 from ..errors import VitkitError
 from .backend import Backend, softmax, top_k
 from .batcher import Batcher, ModelThread, QueueFull
@@ -186,25 +185,21 @@ async def _classify(request: Request, state: ServerState, x: torch.Tensor | list
     return out
 
 
-# Requests up to INLINE_BYTES whose images have at most INLINE_PIXELS are prepared on the event loop: for
-# them the thread hop cost more than the work (MNIST int8 file at 1 client: p50 3.05 -> 2.62 ms, 2-core
-# Xeon, 2026-12-03, 5 alternating rounds). Only that small size class was measured, so only it goes inline.
-INLINE_BYTES = 16 * 1024
-INLINE_PIXELS = 128 * 128
+# Requests up to INLINE_BYTES are parsed and checked on the event loop (JSON, base64, image headers: the
+# images themselves are decoded on the model thread, Backend.prepare): for them a thread hop cost more
+# than the work (MNIST int8 file at 1 client: p50 3.05 -> 2.62 ms; ViT-S/16 JPEGs of ~30 KB at 8 and 64
+# clients in docs/serving.md; 2-core Xeon, 2026-12-03). Larger bodies are parsed in a thread.
+INLINE_BYTES = 256 * 1024
 
 
-async def _prepare(state: ServerState, fn: Callable[[int | None], Any], size: int) -> Any:
-    """`fn(max_pixels)` parses, checks and decodes a request (no torch kernels: those run on the model
-    thread). Small requests run it right here; the rest, and any image above `max_pixels`
-    (`DecodeElsewhere`), go to a thread, announced to the batcher so that it waits for them."""
+async def _prepare(state: ServerState, fn: Callable[[], Any], size: int) -> Any:
+    """`fn()` parses and checks a request (no torch kernels, no decoding: those run on the model thread):
+    here for small requests, in a thread for the rest, announced to the batcher so that it waits for them."""
     if size <= INLINE_BYTES:
-        try:
-            return fn(INLINE_PIXELS)
-        except DecodeElsewhere:
-            pass
+        return fn()
     state.batcher.arriving += 1
     try:
-        return await asyncio.to_thread(fn, None)
+        return await asyncio.to_thread(fn)
     finally:
         state.batcher.arrived()
 
@@ -267,15 +262,14 @@ def _v2_routes(app: FastAPI, state: ServerState) -> None:
         _require(state)
         body = await request.body()
         length = request.headers.get("inference-header-content-length")
-        req = await _prepare(state, lambda max_pixels: _infer_inputs(b, body, length, max_pixels), len(body))
+        req = await _prepare(state, lambda: _infer_inputs(b, body, length), len(body))
         x, parsed = req
         logits = await _classify(request, state, x)
         content, headers = encode_response(b.name, VERSION, parsed.id, _outputs(b, parsed, logits))
         return Response(content, headers=headers)
 
 
-def _infer_inputs(b: Backend, body: bytes, header_length: str | None,
-                  max_pixels: int | None) -> tuple[Any, InferRequest]:
+def _infer_inputs(b: Backend, body: bytes, header_length: str | None) -> tuple[Any, InferRequest]:
     req = parse_infer(body, header_length)
     if len(req.inputs) != 1:
         raise ProtocolError(400, f"{len(req.inputs)} inputs: send one, '{IMAGES}' (FP32 [N, C, H, W]) or "
@@ -292,7 +286,7 @@ def _infer_inputs(b: Backend, body: bytes, header_length: str | None,
     else:
         if not (len(t.shape) == 1 or (len(t.shape) == 2 and t.shape[1] == 1)):
             raise ProtocolError(400, f"input '{t.name}': shape {t.shape}, expected [N] (one encoded file each)")
-        x = [b.decode(data, f"{t.name}[{i}]", max_pixels) for i, data in enumerate(t.data)]
+        x = [b.check_image(data, f"{t.name}[{i}]") for i, data in enumerate(t.data)]
     if len(x) == 0:
         raise ProtocolError(400, f"input '{t.name}' holds no images")
     for o in req.outputs or []:
@@ -373,7 +367,7 @@ def _convenience_routes(app: FastAPI, state: ServerState) -> None:
         _require(state)
         k = _query_top_k(request, len(b.classes))
         files = await _uploads(request)
-        x = await _prepare(state, lambda max_pixels: [b.decode(data, name, max_pixels) for name, data in files],
+        x = await _prepare(state, lambda: [b.check_image(data, name) for name, data in files],
                            sum(len(data) for _, data in files))
         p, idx = top_k(softmax(await _classify(request, state, x)), k)
         return {"model": b.name, "predictions": [

@@ -3,7 +3,7 @@
 Requests wait in a bounded queue; one worker runs the model off the event loop, one batch at a time
 (the model already uses every core), so while a batch runs the next one gathers. When the worker is
 free it takes up to `max_batch_size` images at once. It waits up to `max_wait_ms` for more only while
-other requests are already being read or decoded (`arriving`): a lone client never waits for company
+other requests are already being read or parsed (`arriving`): a lone client never waits for company
 that is not coming, and under load batches fill up.
 
 Every torch computation of the server runs on that one thread (`ModelThread`), loading included:
@@ -14,7 +14,9 @@ parallel kernel elsewhere (a softmax on the event loop, a copy while decoding) s
 thread team, and the model's team stays slower from then on: ViT-S/16 at batch 1 took 72-78 ms inside
 the server against 54-60 ms offline, and 50-59 ms once the rest of the server ran numpy only (same
 process pair, round-robin; GOMP_SPINCOUNT did not change it). So the batcher hands out numpy arrays,
-and the app computes probabilities and top-k in numpy.
+and the app computes probabilities and top-k in numpy. Image decoding runs on the model thread too,
+just before its batch (`prepare`): a decoding thread that only runs PIL, beside the model's threads on
+the same cores, still made throughput under load erratic (docs/serving.md).
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ class ModelThread:
 @dataclass
 class _Item:
     x: Any                 # what `prepare` turns into a batch of model inputs on the model thread
-    n: int                 # images in it
+    n: int                 # images in it (what `prepare` must return)
     future: asyncio.Future
     batches: list[int] = field(default_factory=list)
 
@@ -140,18 +142,29 @@ class Batcher:
             try:
                 outs = await self.thread.call(self._run_items, items)
             except Exception as e:  # noqa: BLE001 - a model failure goes to every caller of this batch
-                for i in items:
-                    if not i.future.done():
-                        i.future.set_exception(e)
-            else:
-                for i, out in zip(items, outs):
-                    if not i.future.done():  # the caller may have gone (client disconnected)
-                        i.future.set_result(out)
+                outs = [e] * len(items)
+            for i, out in zip(items, outs):
+                if i.future.done():  # the caller has gone (client disconnected)
+                    continue
+                if isinstance(out, Exception):
+                    i.future.set_exception(out)
+                else:
+                    i.future.set_result(out)
             if self.pending:
                 self._wake.set()
 
-    def _run_items(self, items: list[_Item]) -> list[np.ndarray]:
-        x = torch.cat([self.prepare(i.x) for i in items])
+    def _run_items(self, items: list[_Item]) -> list[np.ndarray | Exception]:
+        """Each request's outputs, or the error that preparing its inputs raised (its alone)."""
+        inputs: list[torch.Tensor | Exception] = []
+        for i in items:
+            try:
+                inputs.append(self.prepare(i.x))
+            except Exception as e:  # noqa: BLE001 - e.g. a truncated image: that caller's 400
+                inputs.append(e)
+        good = [(i, x) for i, x in zip(items, inputs) if not isinstance(x, Exception)]
+        if not good:
+            return inputs
+        x = torch.cat([x for _, x in good])
         outs = []
         for start in range(0, len(x), self.max_batch_size):
             chunk = x[start:start + self.max_batch_size]
@@ -159,7 +172,7 @@ class Batcher:
             outs.append(self.run(chunk))
             if self.on_batch:
                 self.on_batch(len(chunk), time.perf_counter() - t0)
-            for i in items:
+            for i, _ in good:
                 i.batches.append(len(chunk))
-        y = torch.cat(outs)
-        return [part.numpy() for part in torch.split(y, [i.n for i in items])]  # numpy from here on
+        parts = iter(part.numpy() for part in torch.split(torch.cat(outs), [len(x) for _, x in good]))  # numpy from here on
+        return [x if isinstance(x, Exception) else next(parts) for x in inputs]
