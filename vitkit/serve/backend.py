@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..analysis.attention import Explanation, explain_image
 from ..analysis.plots import overlay_image
@@ -74,8 +75,12 @@ class Backend:
         0.86-1.37x LitServe with decoding in threads, 1.13-1.26x here; docs/serving.md)."""
         if torch.is_tensor(x):
             return x
-        return torch.stack([self.pre.eval(image_to_tensor(load_image(io.BytesIO(i.data), i.name), self.pre.in_chans))
-                            for i in x])
+        return torch.stack([self._decode(i)[1] for i in x])
+
+    def _decode(self, image: EncodedImage) -> tuple[Image.Image, torch.Tensor]:
+        """The decoded image and its preprocessed [C, H, W] model input."""
+        decoded = load_image(io.BytesIO(image.data), image.name)
+        return decoded, self.pre.eval(image_to_tensor(decoded, self.pre.in_chans))
 
     def check_tensor(self, x: np.ndarray, name: str) -> torch.Tensor:
         """An FP32 [N, C, H, W] input, checked against the model's fixed input size."""
@@ -90,11 +95,8 @@ class Backend:
         if not self.has_attention:
             raise VitkitError(f"model {self.name} has no self-attention to explain (a CNN or an exported file); "
                               "serve a ViT checkpoint for /explain")
-        if not data:
-            raise VitkitError(f"{name}: empty file (0 bytes)")
-        image = load_image(io.BytesIO(data), name)
-        x = self.pre.eval(image_to_tensor(image, self.pre.in_chans))[None].to(self.device)
-        e = explain_image(self.model, x)
+        image, x = self._decode(self.check_image(data, name))
+        e = explain_image(self.model, x[None].to(self.device))
         buf = io.BytesIO()
         overlay_image(np.asarray(image), e.rollout).save(buf, format="PNG")
         return e, buf.getvalue()
