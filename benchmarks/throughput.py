@@ -18,7 +18,10 @@ process is tuned too (`--allocator default` to leave glibc's behaviour). `--proc
 each implementation in its own process, as its library leaves one: vitkit tuned, the peers with
 glibc's defaults; still timed one at a time, round-robin.
 
-vitkit runs as `vitkit eval`/`predict` run it (`vitkit.models.inference.inference_model`), and also
+`vitkit_auto` is vitkit as `vitkit eval --checkpoint RUN`/`predict` run it with no flags: for inference
+the checkpoint loaded by `vitkit.load` with the precision and runtime it chooses here (OpenVINO on
+AVX-512 CPUs where it is installed, converted once and cached; else PyTorch), for training `--precision
+auto`. `vitkit` is the PyTorch path in fp32 (`vitkit.models.inference.inference_model`), also
 compiled (`vitkit_compiled`, the `--compile` option: for inference with frozen weights, for training
 the forward and backward as `vitkit train --compile` does; compilation happens in the warm-up,
 outside the timing), and, for inference, as the fp32 file `vitkit export --format onnx` writes, run
@@ -99,6 +102,18 @@ def build_vitkit_onnx_auto(name: str) -> nn.Module:
         return load(Path(d) / "w.onnx").for_inference()[0]  # the session holds the graph: the file may go
 
 
+def build_vitkit_checkpoint_auto(name: str) -> nn.Module:
+    """A checkpoint run as `vitkit eval --checkpoint RUN` runs it with no flags (--precision auto,
+    --runtime auto: OpenVINO on AVX-512 CPUs where it is installed, else PyTorch; vitkit.load)."""
+    import tempfile
+
+    from vitkit.load import load
+    with tempfile.TemporaryDirectory() as d:
+        ready = load(random_checkpoint(name, Path(d) / "w.safetensors")).for_inference(runtime="auto")
+        print(f"vitkit_auto {name}: {ready.runtime} ({ready.runtime_reason}), {ready.precision}", file=sys.stderr)
+        return ready.model
+
+
 def build_hf(name: str, attn: str) -> nn.Module:
     from transformers import ViTConfig as HFConfig
     from transformers import ViTForImageClassification
@@ -150,7 +165,7 @@ def build_timm(name: str) -> nn.Module:
 
 IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit": build_vitkit,
-    "vitkit_auto": build_vitkit,       # as `vitkit eval`/`train` run with no flags: --precision auto
+    "vitkit_auto": build_vitkit,       # as `vitkit eval`/`train` run with no flags (inference: make_cell)
     "vitkit_bf16": build_vitkit,       # --precision bf16 (inference: bf16 weights; training: autocast)
     "vitkit_fp16": build_vitkit,       # --precision fp16 (the same, in fp16)
     "vitkit_compiled": build_vitkit,   # torch.compile (inference: with frozen weights)
@@ -210,9 +225,24 @@ def _finish() -> None:
         torch.cuda.synchronize()
 
 
+def _inference_cell(model: nn.Module, name: str, batch: int, autocast: torch.dtype | None,
+                    x: torch.Tensor | None = None) -> Cell:
+    if x is None:
+        c = model_config(name)
+        x = torch.randn(batch, c.in_chans, *c.img_size, device=DEVICE)
+
+    def step() -> None:
+        with torch.inference_mode(), _autocast(autocast):
+            model(x)
+        _finish()
+    return Cell(step, batch)
+
+
 def make_cell(impl: str, name: str, mode: str) -> Cell:
     train, batch = MODES[mode]
     torch.manual_seed(0)
+    if impl == "vitkit_auto" and not train:  # what `vitkit eval` runs: precision and runtime chosen by load
+        return _inference_cell(build_vitkit_checkpoint_auto(name), name, batch, None)
     model = IMPLS[impl](name)
     if DEVICE.type != "cpu":
         if impl.startswith(FILE_IMPLS):
@@ -232,12 +262,7 @@ def make_cell(impl: str, name: str, mode: str) -> Cell:
         if impl.startswith("vitkit"):
             from vitkit.models.inference import inference_model
             model = inference_model(model, compile=impl == "vitkit_compiled")
-
-        def step() -> None:
-            with torch.inference_mode(), _autocast(autocast):
-                model(x)
-            _finish()
-        return Cell(step, batch)
+        return _inference_cell(model, name, batch, autocast, x)
     model.train()
     y = torch.randint(0, c.num_classes, (batch,), device=DEVICE)
     if impl.startswith("vitkit"):

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from vitkit.checkpoint import model_meta, save_weights
+from vitkit import VitkitError
 from vitkit.cli import main
 from vitkit.export import export_onnx, onnx_max_abs_diff
 from vitkit.models import create_model
@@ -211,3 +212,40 @@ def test_the_automatic_runtime_follows_the_measured_rule(path, isa, installed, i
     assert runtime == want and why
     if not installed:
         assert "pip install 'vitkit[openvino]'" in why
+
+
+@pytest.mark.parametrize("isa, installed, device, vit, want", [
+    ({"avx2", "avx512f"}, True, "cpu", True, "openvino"),     # Xeon with AVX-512: OpenVINO measured faster
+    ({"avx2", "avx512f"}, False, "cpu", True, "pytorch"),     # ... unless it is not installed
+    ({"avx2"}, True, "cpu", True, "pytorch"),                 # without AVX-512: not measured faster
+    ({"avx2", "avx512f"}, True, "cuda", True, "pytorch"),     # OpenVINO's CPU plugin is for the CPU
+    ({"avx2", "avx512f"}, True, "cpu", False, "pytorch"),     # CNNs: not measured
+])
+def test_the_automatic_runtime_of_checkpoints_follows_the_measured_rule(isa, installed, device, vit, want):
+    from vitkit.load import decide_checkpoint_runtime
+    runtime, why = decide_checkpoint_runtime(isa, installed, device, vit)
+    assert runtime == want and why
+    if not installed:
+        assert "pip install 'vitkit[openvino]'" in why
+
+
+def test_runtime_flags_that_do_not_fit_the_model_are_one_line(tmp_path, monkeypatch):
+    from vitkit.load import checkpoint_runtime, load
+    model = create_model("vit_mnist_patch7_28")
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model))
+    with pytest.raises(VitkitError, match="--runtime onnxruntime runs exported files"):
+        load(tmp_path / "w.safetensors", runtime="onnxruntime")
+    with pytest.raises(VitkitError, match="--compile runs on PyTorch only"):
+        checkpoint_runtime("openvino", model, torch.device("cpu"), "fp32", compile=True)
+    with pytest.raises(VitkitError, match="--precision fp16 runs on PyTorch only"):
+        checkpoint_runtime("openvino", model, torch.device("cpu"), "fp16", compile=False)
+    assert checkpoint_runtime("auto", model, torch.device("cpu"), "fp32", compile=True)[0] == "pytorch"
+    monkeypatch.setenv("VITKIT_AUTO_RUNTIME", "pytorch")
+    assert checkpoint_runtime("auto", model, torch.device("cpu"), "fp32", compile=False) == (
+        "pytorch", "auto, pinned by VITKIT_AUTO_RUNTIME")
+    monkeypatch.setenv("VITKIT_AUTO_RUNTIME", "tensorrt")
+    with pytest.raises(VitkitError, match="VITKIT_AUTO_RUNTIME='tensorrt'"):
+        checkpoint_runtime("auto", model, torch.device("cpu"), "fp32", compile=False)
+    export_onnx(tmp_path / "w.safetensors", tmp_path / "m.onnx", check=False)
+    with pytest.raises(VitkitError, match="--runtime pytorch runs checkpoints"):
+        load(tmp_path / "m.onnx", runtime="pytorch")

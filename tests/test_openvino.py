@@ -22,6 +22,12 @@ pytest.importorskip("openvino")
 pytest.importorskip("onnx")
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Checkpoints converted for OpenVINO go to each test's own cache, not the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     return train_small_digits_run(tmp_path_factory.mktemp("ov") / "run", epochs=3)
@@ -70,8 +76,11 @@ def test_runtime_mistakes_and_a_missing_openvino_are_one_line(run, tmp_path, mon
     main(["export", "--checkpoint", str(run), "--format", "openvino", "--out", str(ir), "--no-check"])
     with pytest.raises(VitkitError, match="is an OpenVINO IR: run it with --runtime openvino"):
         load(ir, runtime="onnxruntime")
-    with pytest.raises(VitkitError, match="runs on PyTorch"):
-        load(run, runtime="openvino")
+    with pytest.raises(VitkitError, match="--compile runs on PyTorch only"):
+        load(run, runtime="openvino").for_inference(compile=True, runtime="openvino")
+    (tmp_path / "bad.xml").write_text("<not an IR")
+    with pytest.raises(VitkitError, match="bad.xml: not a loadable OpenVINO model"):
+        load(tmp_path / "bad.xml")
     with pytest.raises(VitkitError, match="NAME.xml"):
         from vitkit.export import export_openvino
         export_openvino(run, tmp_path / "m.ir")
@@ -132,3 +141,76 @@ def test_auto_runs_fp32_onnx_files_where_the_rule_says_and_int8_files_on_onnxrun
     assert type(load(int8).model).__name__ == "OnnxModel"
     from vitkit.engines.openvino import OpenVINOModel
     assert "f32" in OpenVINOModel(fp32).inference_precision.lower() or "float32" in OpenVINOModel(fp32).inference_precision.lower()
+
+
+def test_checkpoints_run_on_openvino_converted_once_and_cached(run, tmp_path, monkeypatch, capsys):
+    import tempfile
+
+    import openvino as ov
+    from vitkit.checkpoint import load_weights, save_weights
+    from vitkit.engines.openvino import OpenVINOModel
+    from vitkit.run_dir import RunDir
+
+    x = torch.randn(5, 1, 8, 8)
+    reference = load(run).model
+    with torch.inference_mode():
+        want = reference(x)
+    ready = load(run, runtime="openvino").for_inference("fp32", runtime="openvino")
+    assert isinstance(ready.model, OpenVINOModel) and ready.runtime == "openvino" and ready.precision == "fp32"
+    torch.testing.assert_close(ready.model(x), want, atol=1e-4, rtol=0)
+    cache = tmp_path / "cache" / "vitkit" / "openvino"
+    entries = sorted(p.name for p in cache.iterdir())
+    assert len(entries) == 2 and entries[0].endswith(".bin") and entries[1].endswith(".xml")  # no temporaries
+    assert load(cache / entries[1]).meta["classes"] == [str(i) for i in range(10)]
+
+    def no_conversion(*a, **k):
+        raise AssertionError("converted again although the cache holds this checkpoint")
+    monkeypatch.setattr(ov, "convert_model", no_conversion)
+    again = load(run).for_inference("fp32", runtime="openvino").model
+    torch.testing.assert_close(again(x), want, atol=1e-4, rtol=0)
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+
+    model, meta = load_weights(RunDir(run).weights())  # other weights: a new entry, never the stale one
+    with torch.no_grad():
+        model.head.bias.add_(1.0)
+    save_weights(tmp_path / "changed.safetensors", model, meta)
+    changed = load(tmp_path / "changed.safetensors").for_inference("fp32", runtime="openvino").model
+    torch.testing.assert_close(changed(x), want + 1.0, atol=1e-4, rtol=0)
+    assert len(list(cache.glob("*.xml"))) == 2
+
+    (cache / entries[1]).write_text("<not an IR")  # a damaged entry is converted again, not an error
+    torch.testing.assert_close(load(run).for_inference("fp32", runtime="openvino").model(x), want, atol=1e-4, rtol=0)
+    assert (cache / entries[1]).read_text().startswith("<?xml")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "a-file"))  # a cache that cannot be written
+    (tmp_path / "a-file").write_text("")
+    before = set(os.listdir(tempfile.gettempdir()))
+    torch.testing.assert_close(load(run).for_inference("fp32", runtime="openvino").model(x), want, atol=1e-4, rtol=0)
+    assert not [n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("vitkit-openvino.")]
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["eval", "--checkpoint", str(run), "--data", "digits", "--runtime", "openvino"]) == 0
+    assert "runtime openvino: asked for" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", str(run), "--data", "digits", "--runtime", "pytorch", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runtime"] == "pytorch"
+
+
+def test_the_server_runs_a_checkpoint_on_openvino_and_still_explains_it(run, tmp_path):
+    from vitkit.analysis.attention import explain_image
+    from vitkit.serve.backend import Backend
+
+    b = Backend(run, runtime="openvino", precision="fp32")
+    assert b.runtime == "openvino" and b.has_attention and "on openvino" in b.describe()
+    x = torch.randn(3, 1, 8, 8)
+    reference = load(run).model
+    with torch.inference_mode():
+        torch.testing.assert_close(b.run(x), reference(x), atol=1e-4, rtol=0)
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 90).save(buf, format="PNG")
+    e, png = b.explain(buf.getvalue(), "g.png")
+    want = explain_image(reference, b.prepare([b.check_image(buf.getvalue(), "g.png")]))
+    assert png.startswith(b"\x89PNG") and torch.allclose(torch.as_tensor(e.rollout), torch.as_tensor(want.rollout))

@@ -64,3 +64,9 @@ def remove_stale_temporaries(directory: Path) -> int:
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
+
+
+def cache_dir() -> Path:
+    """Where vitkit keeps what it can rebuild (the bf16 probe, OpenVINO conversions of checkpoints):
+    ~/.cache/vitkit, or $XDG_CACHE_HOME/vitkit. Deleting it only costs the time to rebuild."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitkit"

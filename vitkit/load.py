@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -16,6 +16,7 @@ from .data.transforms import Preprocess
 from .devices import resolve_device
 from .errors import VitkitError
 from .models.inference import inference_model
+from .models.vit import VisionTransformer
 from .precision import choose, in_precision
 from .run_dir import RunDir
 
@@ -26,6 +27,8 @@ class Loaded:
     model: nn.Module
     meta: dict[str, Any]
     source: str
+    runtime: str = "pytorch"          # an exported file's: onnxruntime | openvino, and why
+    runtime_reason: str = "a PyTorch model"
 
     @property
     def preprocess(self) -> Preprocess:
@@ -39,17 +42,34 @@ class Loaded:
     def classes(self) -> list[str]:
         return list(self.meta.get("classes") or [str(i) for i in range(self.model.num_classes)])
 
-    def for_inference(self, precision: str = "auto", compile: bool = False) -> tuple[nn.Module, str, str]:
-        """(model ready for inference, the precision it computes in, why): `auto` follows vitkit.precision's
-        rule for the model's device; an exported file runs in the precision it was written in."""
+    def for_inference(self, precision: str = "auto", compile: bool = False, runtime: str = "pytorch") -> "Ready":
+        """The model ready for inference and what it runs in: `precision` auto follows vitkit.precision's
+        rule for the model's device (an exported file runs in the precision it was written in); a PyTorch
+        model runs on `runtime` pytorch or openvino, `auto` by `decide_checkpoint_runtime`."""
         params = list(self.model.parameters())
         if not params:
             if precision not in ("auto", "fp32"):
                 raise VitkitError(f"--precision {precision}: {self.source} is an exported file, which runs in the "
                                   f"precision it was written in")
-            return inference_model(self.model), "as exported", "an exported file runs as it was written"
-        chosen, why = choose(precision, params[0].device)
-        return inference_model(in_precision(self.model, chosen), compile), chosen, why
+            return Ready(inference_model(self.model), "as exported", "an exported file runs as it was written",
+                         self.runtime, self.runtime_reason)
+        device = params[0].device
+        chosen, why = choose(precision, device)
+        on, on_why = checkpoint_runtime(runtime, self.model, device, chosen, compile)
+        if on == "openvino":
+            from .engines.openvino import from_checkpoint
+
+            return Ready(from_checkpoint(inference_model(self.model), self.meta, chosen), chosen, why, on, on_why)
+        return Ready(inference_model(in_precision(self.model, chosen), compile), chosen, why, on, on_why)
+
+
+class Ready(NamedTuple):
+    """A model ready for inference, the precision and runtime it computes in, and why each."""
+    model: nn.Module
+    precision: str
+    precision_reason: str
+    runtime: str
+    runtime_reason: str
 
 
 def resolve_weights(path: str | Path) -> Path:
@@ -65,7 +85,7 @@ def resolve_weights(path: str | Path) -> Path:
     return p
 
 
-RUNTIMES = ("auto", "onnxruntime", "openvino")
+RUNTIMES = ("auto", "pytorch", "onnxruntime", "openvino")
 
 
 def decide_runtime(path: str, isa: set[str], openvino_installed: bool, int8_onnx: bool) -> tuple[str, str]:
@@ -80,11 +100,67 @@ def decide_runtime(path: str, isa: set[str], openvino_installed: bool, int8_onnx
         return "openvino", "an OpenVINO IR"
     if int8_onnx:
         return "onnxruntime", "an int8 file written for onnxruntime's kernels"
+    return _openvino_on_avx512(isa, openvino_installed, "onnxruntime",
+                               "faster than OpenVINO for .onnx files on CPUs without AVX-512 (measured on Zen 3)",
+                               "faster than onnxruntime for fp32 .onnx files on AVX-512 CPUs (measured on a Xeon)")
+
+
+def _openvino_on_avx512(isa: set[str], installed: bool, other: str, other_why: str,
+                        why: str) -> tuple[str, str]:
+    """OpenVINO on CPUs with AVX-512, where it measured faster, if it is installed; else `other`."""
     if "avx512f" not in isa:
-        return "onnxruntime", "faster than OpenVINO for .onnx files on CPUs without AVX-512 (measured on Zen 3)"
-    if not openvino_installed:
-        return "onnxruntime", "OpenVINO would be faster on this AVX-512 CPU: pip install 'vitkit[openvino]'"
-    return "openvino", "faster than onnxruntime for fp32 .onnx files on AVX-512 CPUs (measured on a Xeon)"
+        return other, other_why
+    if not installed:
+        return other, "OpenVINO would be faster on this AVX-512 CPU: pip install 'vitkit[openvino]'"
+    return "openvino", why
+
+
+def decide_checkpoint_runtime(isa: set[str], openvino_installed: bool, device: str, vit: bool) -> tuple[str, str]:
+    """(runtime, why) `--runtime auto` takes for a PyTorch model (a checkpoint, not an exported file).
+
+    Measured (benchmarks/throughput.py, 2026-12-03, docs/export.md), round-robin against vitkit's own
+    PyTorch path with its tuned allocator, on a 2-core Xeon with AVX-512: OpenVINO (f32) ran the MNIST
+    model 3.1-4.1x as fast at batch 1 and 1.35-1.42x at 32, ViT-S/16 1.31-1.41x / 1.09-1.17x, ViT-B/16
+    1.03-1.14x / 0.93-1.14x. CPUs without AVX-512 were not measured on checkpoints, and there OpenVINO
+    lost to onnxruntime on the .onnx files: PyTorch stays. CNN checkpoints were not measured."""
+    if device != "cpu":
+        return "pytorch", f"OpenVINO's CPU plugin does not run on {device}"
+    if not vit:
+        return "pytorch", "OpenVINO was measured on ViTs only"
+    return _openvino_on_avx512(isa, openvino_installed, "pytorch",
+                               "PyTorch on CPUs without AVX-512 (OpenVINO not measured faster there)",
+                               "faster than PyTorch for ViTs on AVX-512 CPUs (measured on a Xeon); converted once, cached")
+
+
+def checkpoint_runtime(runtime: str, model: nn.Module, device: torch.device, precision: str,
+                       compile: bool) -> tuple[str, str]:
+    """(runtime, why) for a PyTorch model asked to run on `runtime`: `decide_checkpoint_runtime` for auto,
+    where `VITKIT_AUTO_RUNTIME` pins it (openvino: OpenVINO; onnxruntime or pytorch: PyTorch)."""
+    import importlib.util
+    import os
+
+    from .machine import describe
+
+    if runtime == "onnxruntime":
+        raise VitkitError("--runtime onnxruntime runs exported files: `vitkit export` the checkpoint first, or use "
+                          "--runtime pytorch|openvino")
+    if runtime == "openvino" and (compile or precision == "fp16" or not hasattr(model, "cfg")):
+        what = "--compile" if compile else "--precision fp16" if precision == "fp16" else "a model that is not vitkit's"
+        raise VitkitError(f"--runtime openvino: {what} runs on PyTorch only (use --runtime pytorch)")
+    if runtime != "auto":
+        return runtime, "asked for"
+    if compile:
+        return "pytorch", "--compile compiles the PyTorch model"
+    if precision == "fp16":
+        return "pytorch", "fp16 runs on PyTorch"
+    pinned = os.environ.get(RUNTIME_PIN_ENV, "")
+    if pinned:
+        if pinned not in ("onnxruntime", "openvino", "pytorch"):
+            raise VitkitError(f"{RUNTIME_PIN_ENV}={pinned!r}: expected onnxruntime, openvino or pytorch")
+        return ("openvino" if pinned == "openvino" else "pytorch"), f"auto, pinned by {RUNTIME_PIN_ENV}"
+    installed = importlib.util.find_spec("openvino") is not None
+    return decide_checkpoint_runtime(set(describe()["isa"]), installed, device.type,
+                                     isinstance(model, VisionTransformer))
 
 
 RUNTIME_PIN_ENV = "VITKIT_AUTO_RUNTIME"
@@ -100,9 +176,9 @@ def auto_runtime(path: str) -> tuple[str, str]:
 
     pinned = os.environ.get(RUNTIME_PIN_ENV, "")
     if pinned and path.endswith(".onnx"):
-        if pinned not in ("onnxruntime", "openvino"):
-            raise VitkitError(f"{RUNTIME_PIN_ENV}={pinned!r}: expected onnxruntime or openvino")
-        return pinned, f"auto, pinned by {RUNTIME_PIN_ENV}"
+        if pinned not in ("onnxruntime", "openvino", "pytorch"):
+            raise VitkitError(f"{RUNTIME_PIN_ENV}={pinned!r}: expected onnxruntime, openvino or pytorch")
+        return ("openvino" if pinned == "openvino" else "onnxruntime"), f"auto, pinned by {RUNTIME_PIN_ENV}"
     isa, installed = set(describe()["isa"]), importlib.util.find_spec("openvino") is not None
     int8 = False
     if path.endswith(".onnx") and "avx512f" in isa and installed:  # only then does the file's kind matter
@@ -115,7 +191,8 @@ def load(source: str | Path, device: str | torch.device = "cpu", runtime: str = 
     """The model `source` describes, loaded, in eval mode, with its metadata (preprocessing, classes).
     `device` is checked first (`cuda` on a machine without one, `cuda:9`, `gpu`: one-line errors).
     `runtime` runs an exported file: `auto` follows `decide_runtime` (OpenVINO for an IR, and for an
-    fp32 .onnx file on a CPU with AVX-512 where OpenVINO is installed; else onnxruntime)."""
+    fp32 .onnx file on a CPU with AVX-512 where OpenVINO is installed; else onnxruntime). For a
+    checkpoint it is only checked here: `Loaded.for_inference` applies it."""
     device = resolve_device(device)
     if runtime not in RUNTIMES:
         raise VitkitError(f"unknown runtime '{runtime}' ({', '.join(RUNTIMES)})")
@@ -125,8 +202,12 @@ def load(source: str | Path, device: str | torch.device = "cpu", runtime: str = 
             raise VitkitError(f"checkpoint {s} does not exist")
         if s.endswith(".xml") and runtime == "onnxruntime":
             raise VitkitError(f"{s} is an OpenVINO IR: run it with --runtime openvino (or auto)")
+        if runtime == "pytorch":
+            raise VitkitError(f"--runtime pytorch runs checkpoints; {s} is an exported file: use --runtime "
+                              "auto|onnxruntime|openvino")
+        why = "asked for"
         if runtime == "auto":
-            runtime = auto_runtime(s)[0]
+            runtime, why = auto_runtime(s)
         if runtime == "openvino":
             from .engines.openvino import OpenVINOModel
 
@@ -135,9 +216,10 @@ def load(source: str | Path, device: str | torch.device = "cpu", runtime: str = 
             from .engines.onnx import OnnxModel
 
             model = OnnxModel(s)
-        return Loaded(model, model.meta, s)
-    if runtime != "auto":
-        raise VitkitError(f"--runtime {runtime} runs exported files (.onnx, .xml); {s} runs on PyTorch")
+        return Loaded(model, model.meta, s, runtime, why)
+    if runtime == "onnxruntime":
+        raise VitkitError(f"--runtime onnxruntime runs exported files (.onnx); {s} is a checkpoint: export it "
+                          "first, or use --runtime pytorch|openvino")
     p = Path(s)
     if (p.is_dir() and RunDir(p).weights() is not None) or is_vitkit_file(p):
         model, meta = load_weights(resolve_weights(p), device)

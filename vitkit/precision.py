@@ -102,14 +102,13 @@ def cpu_bf16_speedup() -> float:
     """`measure_bf16_speedup`, once per machine (CPU, instruction sets, torch, threads): kept in
     ~/.cache/vitkit/bf16_probe.json (XDG_CACHE_HOME respected) so commands start without it."""
     import json
-    from pathlib import Path
 
-    from .files import atomic_write_text
+    from .files import atomic_write_text, cache_dir
 
     key = _probe_key()
     if key in _speedup:
         return _speedup[key]
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vitkit" / "bf16_probe.json"
+    cache = cache_dir() / "bf16_probe.json"
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):

@@ -33,7 +33,7 @@ def predict(checkpoint: str | Path, images: list[str | Path], top_k: int = 5, ba
         raise VitkitError(f"top-k must be at least 1, got {top_k}")
     loaded = load(checkpoint, device, runtime)
     pre, classes = loaded.preprocess, loaded.classes
-    model, _, _ = loaded.for_inference(precision, compile)
+    model = loaded.for_inference(precision, compile, runtime).model
     results: list[Prediction] = []
     ready: list[tuple[int, torch.Tensor]] = []
     for path in images:

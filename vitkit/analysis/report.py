@@ -24,7 +24,7 @@ from .embeddings import embedding_filters_pca, neighbour_contrast, position_simi
 def _load(checkpoint: str | Path, device: str, precision: str):
     loaded = load(checkpoint, device)
     _require_attention(loaded.model)
-    model, _, _ = loaded.for_inference(precision)
+    model = loaded.for_inference(precision).model  # PyTorch: the analyses read its attention
     return model, loaded.meta, loaded.preprocess
 
 

@@ -19,7 +19,9 @@ def _env(args: argparse.Namespace) -> None:
     for name in devices:
         chosen, why = choose("auto", resolve_device(name))
         choices[f"precision on {name}"] = f"{chosen} ({why})"
-    from ..load import decide_runtime
+    from ..load import decide_checkpoint_runtime, decide_runtime
+    ckpt = decide_checkpoint_runtime(set(info["isa"]), bool(info["versions"]["openvino"]), "cpu", True)
+    choices["runtime for ViT checkpoints on cpu"] = f"{ckpt[0]} ({ckpt[1]})"
     fp32 = decide_runtime("m.onnx", set(info["isa"]), bool(info["versions"]["openvino"]), False)
     choices["runtime for fp32 .onnx"] = f"{fp32[0]} ({fp32[1]})"
     int8 = decide_runtime("m.onnx", set(info["isa"]), bool(info["versions"]["openvino"]), True)

@@ -18,7 +18,7 @@ def _eval(args: argparse.Namespace) -> None:
         return
     print(f"{r['checkpoint']} on {r['data']} [{r['split']}]: {r['count']} images")
     print(f"top-1 {r['top1']:.4f}  top-5 {r['top5']:.4f}  loss {r['loss']:.4f}  "
-          f"(precision {r['precision']}: {r['precision_reason']})")
+          f"(precision {r['precision']}: {r['precision_reason']}; runtime {r['runtime']}: {r['runtime_reason']})")
     print("per class: " + ", ".join(f"{c} {a:.3f}" for c, a in r["per_class"].items()))
     if r["skipped"]:
         print(f"skipped {len(r['skipped'])} unreadable file(s): {', '.join(r['skipped'][:5])}")

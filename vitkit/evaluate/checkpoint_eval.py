@@ -22,16 +22,17 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str, split: str = "test", 
         raise VitkitError(f"unknown split '{split}' (train, val, test)")
     loaded = load(checkpoint, device, runtime)
     pre = loaded.preprocess
-    model, chosen, why = loaded.for_inference(precision, compile)
+    ready = loaded.for_inference(precision, compile, runtime)
     bundle = build_data(DataConfig(spec=data), AugConfig(), pre.img_size, pre.in_chans, seed)
     classes = loaded.meta.get("classes") or bundle.classes
     if list(classes) != list(bundle.classes):
         raise VitkitError(f"the checkpoint's classes {classes[:5]}... differ from {data}'s {bundle.classes[:5]}...")
     source = getattr(bundle, split)
     ds = ImageDataset(source.split, pre, None, seed, strict=False)  # the checkpoint's preprocessing, no augmentation
-    ev = evaluate(model, make_loader(ds, batch_size, workers), len(classes), device)
-    result = {"checkpoint": str(checkpoint), "data": data, "split": split, "precision": chosen,
-              "precision_reason": why, **ev.to_dict(classes)}
+    ev = evaluate(ready.model, make_loader(ds, batch_size, workers), len(classes), device)
+    result = {"checkpoint": str(checkpoint), "data": data, "split": split, "precision": ready.precision,
+              "precision_reason": ready.precision_reason, "runtime": ready.runtime,
+              "runtime_reason": ready.runtime_reason, **ev.to_dict(classes)}
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)

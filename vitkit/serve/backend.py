@@ -35,15 +35,19 @@ class Backend:
                  precision: str = "auto", runtime: str = "auto"):
         loaded = load(source, device, runtime)
         self.pre, self.classes, self.meta = loaded.preprocess, loaded.classes, loaded.meta
-        self.model, self.precision, self.precision_reason = loaded.for_inference(precision)
+        ready = loaded.for_inference(precision, runtime=runtime)
+        self.model, self.precision, self.precision_reason = ready.model, ready.precision, ready.precision_reason
+        self.runtime = ready.runtime
+        # /explain reads attention probabilities, which only the PyTorch model gives: an OpenVINO-run
+        # checkpoint keeps its PyTorch model beside it for that (the weights twice in memory)
+        self.attention_model = loaded.model if ready.runtime == "openvino" and ready.model is not loaded.model \
+            else self.model
         self.device = torch.device(device)
         self.name = name or default_name(self.meta, source)
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise VitkitError(f"model name {self.name!r}: use letters, digits, '_', '.' and '-' (it is part of URLs)")
         self.input_shape = [self.pre.in_chans, *self.pre.img_size]
-        self.has_attention = hasattr(self.model, "blocks") and hasattr(self.model, "patch_embed")
-        self.runtime = {"OnnxModel": "onnxruntime", "OpenVINOModel": "openvino"}.get(type(self.model).__name__,
-                                                                                   "pytorch")
+        self.has_attention = hasattr(self.attention_model, "blocks") and hasattr(self.attention_model, "patch_embed")
 
     def describe(self) -> str:
         return (f"{self.name} ({self.meta.get('model_name', self.meta.get('arch', 'model'))}, {len(self.classes)} "
@@ -96,7 +100,7 @@ class Backend:
             raise VitkitError(f"model {self.name} has no self-attention to explain (a CNN or an exported file); "
                               "serve a ViT checkpoint for /explain")
         image, x = self._decode(self.check_image(data, name))
-        e = explain_image(self.model, x[None].to(self.device))
+        e = explain_image(self.attention_model, x[None].to(self.device))
         buf = io.BytesIO()
         overlay_image(np.asarray(image), e.rollout).save(buf, format="PNG")
         return e, buf.getvalue()
