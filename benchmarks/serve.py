@@ -3,7 +3,9 @@
     python benchmarks/serve.py --checkpoint RUN_DIR --models mnist,s16 --backends pytorch,int8 --clients 1,8,64
 
 For each model (`mnist`: a trained MNIST run; `s16`: ViT-S/16 with random weights) and backend
-(`pytorch`: the checkpoint; `int8`: the file `vitkit export --format int8` writes):
+(`pytorch`: the checkpoint on PyTorch, `--runtime pytorch`; `checkpoint`: the checkpoint on the runtime
+`vitkit serve` picks with no flags, OpenVINO on x86 CPUs where it is installed; `int8`: the file
+`vitkit export --format int8` writes, on onnxruntime):
 
 - offline: the backend's own throughput at the server's batch size (the limit a server can reach)
   and its batch-1 latency, timed in this process;
@@ -72,9 +74,9 @@ class Offline:
     """The backend the servers hold, in this process: its throughput at the server's batch size (the limit a
     server can reach) and its median batch-1 latency, timed once per round while the servers are frozen."""
 
-    def __init__(self, source: Path, batch: int):
+    def __init__(self, source: Path, runtime: str, batch: int):
         from vitkit.serve.backend import Backend
-        self.b = Backend(source)
+        self.b = Backend(source, runtime=runtime)
         self.b.warm_up()
         self.x, self.one = torch.randn(batch, *self.b.input_shape), torch.randn(1, *self.b.input_shape)
         self.b.run(self.x)
@@ -93,11 +95,11 @@ class Offline:
 LITSERVE_APP = """
 import base64, sys, torch, litserve as ls
 from vitkit.serve.backend import Backend
-source, port, batch, wait_ms = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+source, runtime, port, batch, wait_ms = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
 
 class VitkitAPI(ls.LitAPI):
     def setup(self, device):
-        self.b = Backend(source)
+        self.b = Backend(source, runtime=runtime)
         self.b.warm_up()
     def decode_request(self, request):  # decoding and preprocessing, as vitkit's server does them
         return self.b.prepare([self.b.check_image(base64.b64decode(request["image"]), "image")])[0]
@@ -118,26 +120,33 @@ if __name__ == "__main__":
 """
 
 
+BACKENDS = {"pytorch": "pytorch", "checkpoint": "auto", "int8": "auto"}  # backend -> serve's --runtime
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start(server: str, source: Path, batch: int, wait_ms: float, workdir: Path) -> tuple[subprocess.Popen, str, str]:
+def start(server: str, source: Path, runtime: str, batch: int, wait_ms: float,
+          workdir: Path) -> tuple[subprocess.Popen, str, str]:
     """(process, base URL, the request path) of one server, once it answers."""
     import httpx
     port = free_port()
-    if server == "vitkit":
-        cmd = [sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(source), "--port", str(port),
-               "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--log-level", "warning", "--name", "m"]
+    cwd = None
+    if server.startswith("vitkit:"):  # another checkout's server, for side-by-side variants: its cwd comes
+        cwd = server.split(":", 1)[1]  # first on `python -m vitkit`'s path
+    if server.startswith("vitkit"):
+        cmd = [sys.executable, "-m", "vitkit", "serve", "--checkpoint", str(Path(source).resolve()), "--runtime", runtime,
+               "--port", str(port), "--max-batch-size", str(batch), "--max-wait-ms", str(wait_ms), "--log-level", "warning", "--name", "m"]
         health, path = "/v2/health/ready", "/v2/models/m/infer"
     else:
         app = workdir / "litserve_app.py"
         app.write_text(LITSERVE_APP)
-        cmd = [sys.executable, str(app), str(source), str(port), str(batch), str(wait_ms)]
+        cmd = [sys.executable, str(app), str(Path(source).resolve()), runtime, str(port), str(batch), str(wait_ms)]
         health, path = "/health", "/predict"
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True, cwd=cwd)
     url = f"http://127.0.0.1:{port}"
     t0 = time.time()
     while time.time() - t0 < 180:
@@ -183,7 +192,7 @@ def lua_string(s: str) -> str:
 
 
 def bodies(server: str, images: list[bytes]) -> list[str]:
-    if server == "vitkit":
+    if server.startswith("vitkit"):
         return [json.dumps({"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "BYTES",
                                         "data": [base64.b64encode(im).decode()]}],
                             "outputs": [{"name": "classes"}]}) for im in images]
@@ -218,16 +227,16 @@ def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def measure(key: str, backend: str, source: Path, images: list[bytes], servers: list[str], clients: list[int],
-            args: argparse.Namespace, tmp: Path) -> list[dict]:
+def measure(key: str, backend: str, source: Path, runtime: str, images: list[bytes], servers: list[str],
+            clients: list[int], args: argparse.Namespace, tmp: Path) -> list[dict]:
     """Every server for one model and backend, started together and measured round-robin: in each round the
     offline limit, then each server in turn (the others frozen), every client count; the order of the
     servers alternates between rounds. Medians over rounds, and the per-round ratios to LitServe."""
-    off = Offline(source, args.max_batch_size)
+    off = Offline(source, runtime, args.max_batch_size)
     running = {}
     try:
         for server in servers:
-            running[server] = start(server, source, args.max_batch_size, args.max_wait_ms, tmp)
+            running[server] = start(server, source, runtime, args.max_batch_size, args.max_wait_ms, tmp)
             pause(running[server][0], True)
         runs = {(server, c): [] for server in servers for c in clients}
         off.measure(1.0)  # discarded: the first timing after the servers started once ran 70x slow (MNIST)
@@ -238,7 +247,7 @@ def measure(key: str, backend: str, source: Path, images: list[bytes], servers: 
                   f"{args.max_batch_size}, batch-1 {limits[-1][1]:.2f} ms", file=sys.stderr, flush=True)
             for server in servers[r % len(servers):] + servers[:r % len(servers)]:
                 proc, url, path = running[server]
-                script = tmp / f"{server}.lua"
+                script = tmp / f"{re.sub(r'[^A-Za-z0-9]', '_', server)}.lua"
                 script.write_text(WRK_SCRIPT % (", ".join(lua_string(b) for b in bodies(server, images)), path))
                 pause(proc, False)
                 try:
@@ -293,8 +302,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", help="trained MNIST run (for the mnist row)")
     ap.add_argument("--models", default="mnist,s16", help="comma-separated: mnist, ti16, s16, b16")
-    ap.add_argument("--backends", default="pytorch,int8", help="pytorch (the checkpoint) and/or int8 (its int8 file)")
-    ap.add_argument("--servers", default="vitkit,litserve", help="vitkit and/or litserve")
+    ap.add_argument("--backends", default="pytorch,int8",
+                    help="pytorch (the checkpoint on PyTorch), checkpoint (on the runtime serve picks with no flags) "
+                         "and/or int8 (its int8 file)")
+    ap.add_argument("--servers", default="vitkit,litserve",
+                    help="vitkit and/or litserve; vitkit:DIR also runs the server of the checkout in DIR (A/B variants)")
     ap.add_argument("--clients", default="1,8,64", help="concurrent connections per run")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run (after a 2 s warm-up)")
     ap.add_argument("--rounds", type=int, default=3, help="round-robin rounds (medians and ratio ranges over them)")
@@ -311,12 +323,14 @@ def main() -> None:
         pre = load(checkpoint).preprocess
         images = images_for(key, tuple(pre.img_size), pre.in_chans)
         for backend in args.backends.split(","):
-            source = checkpoint
+            if backend not in BACKENDS:
+                ap.error(f"--backends: unknown backend {backend!r} ({', '.join(BACKENDS)})")
+            source, runtime = checkpoint, BACKENDS[backend]
             if backend == "int8":
                 from vitkit.export import export_int8
                 source = tmp / f"{key}.int8.onnx"
                 export_int8(checkpoint, source, check=False)
-            rows += measure(key, backend, source, images, servers, clients, args, tmp)
+            rows += measure(key, backend, source, runtime, images, servers, clients, args, tmp)
             print(table(rows), file=sys.stderr, flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "machine": describe(),
               "command": " ".join(sys.argv), "max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,

@@ -100,36 +100,39 @@ def decide_runtime(path: str, isa: set[str], openvino_installed: bool, int8_onnx
         return "openvino", "an OpenVINO IR"
     if int8_onnx:
         return "onnxruntime", "an int8 file written for onnxruntime's kernels"
-    return _openvino_on_avx512(isa, openvino_installed, "onnxruntime",
-                               "faster than OpenVINO for .onnx files on CPUs without AVX-512 (measured on Zen 3)",
-                               "faster than onnxruntime for fp32 .onnx files on AVX-512 CPUs (measured on a Xeon)")
+    return _openvino_where(isa, {"avx512f"}, openvino_installed, "onnxruntime",
+                           "faster than OpenVINO for .onnx files on CPUs without AVX-512 (measured on Zen 3)",
+                           "faster than onnxruntime for fp32 .onnx files on AVX-512 CPUs (measured on a Xeon)")
 
 
-def _openvino_on_avx512(isa: set[str], installed: bool, other: str, other_why: str,
-                        why: str) -> tuple[str, str]:
-    """OpenVINO on CPUs with AVX-512, where it measured faster, if it is installed; else `other`."""
-    if "avx512f" not in isa:
+def _openvino_where(isa: set[str], measured: set[str], installed: bool, other: str, other_why: str,
+                    why: str) -> tuple[str, str]:
+    """OpenVINO on CPUs with one of the `measured` instruction sets, where it measured faster, if it is
+    installed; else `other`."""
+    if not isa & measured:
         return other, other_why
     if not installed:
-        return other, "OpenVINO would be faster on this AVX-512 CPU: pip install 'vitkit[openvino]'"
+        return other, "OpenVINO would be faster on this CPU: pip install 'vitkit[openvino]'"
     return "openvino", why
 
 
 def decide_checkpoint_runtime(isa: set[str], openvino_installed: bool, device: str, vit: bool) -> tuple[str, str]:
     """(runtime, why) `--runtime auto` takes for a PyTorch model (a checkpoint, not an exported file).
 
-    Measured (benchmarks/throughput.py, 2026-12-03, docs/export.md), round-robin against vitkit's own
-    PyTorch path with its tuned allocator, on a 2-core Xeon with AVX-512: OpenVINO (f32) ran the MNIST
-    model 3.1-4.1x as fast at batch 1 and 1.35-1.42x at 32, ViT-S/16 1.31-1.41x / 1.09-1.17x, ViT-B/16
-    1.03-1.14x / 0.93-1.14x. CPUs without AVX-512 were not measured on checkpoints, and there OpenVINO
-    lost to onnxruntime on the .onnx files: PyTorch stays. CNN checkpoints were not measured."""
+    Measured (benchmarks/throughput.py --processes, 2026-12-03, docs/export.md) against vitkit's own
+    PyTorch path: on a 2-core Xeon with AVX-512, the checkpoint converted for OpenVINO (f32) ran the
+    MNIST model 2.9x as fast at batch 1 and 1.37x at 32, ViT-S/16 1.26x / 1.09x, ViT-B/16 1.01x / 1.13x;
+    on a 2-core AVX2-only EPYC (Zen 3), OpenVINO ran the same graph, as vitkit's .onnx file, 3.7x /
+    1.37x (MNIST) and 1.29x / 1.00x (ViT-S/16) as fast as PyTorch. Other CPUs (ARM)
+    and CNN checkpoints were not measured: PyTorch stays."""
     if device != "cpu":
         return "pytorch", f"OpenVINO's CPU plugin does not run on {device}"
     if not vit:
         return "pytorch", "OpenVINO was measured on ViTs only"
-    return _openvino_on_avx512(isa, openvino_installed, "pytorch",
-                               "PyTorch on CPUs without AVX-512 (OpenVINO not measured faster there)",
-                               "faster than PyTorch for ViTs on AVX-512 CPUs (measured on a Xeon); converted once, cached")
+    return _openvino_where(isa, {"avx2", "avx512f"}, openvino_installed, "pytorch",
+                           "PyTorch on CPUs without AVX2 (OpenVINO not measured there)",
+                           "faster than PyTorch for ViTs on x86 CPUs with AVX2/AVX-512 (measured on a Xeon and "
+                           "Zen 3); converted once, cached")
 
 
 def checkpoint_runtime(runtime: str, model: nn.Module, device: torch.device, precision: str,

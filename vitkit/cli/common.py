@@ -32,11 +32,11 @@ def precision_flag(p: argparse.ArgumentParser, default: str | None = "auto") -> 
 
 def runtime_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runtime", default="auto", choices=["auto", "pytorch", "onnxruntime", "openvino"],
-                   help="what runs the model (default auto: on AVX-512 CPUs with OpenVINO installed, OpenVINO for "
-                        "ViT checkpoints (converted once, cached in ~/.cache/vitkit/openvino), IR .xml files and "
-                        "fp32 .onnx files, where it measured faster; else PyTorch for checkpoints and onnxruntime "
-                        "for .onnx files; `vitkit env` shows the choice; openvino needs pip install "
-                        "'vitkit[openvino]')")
+                   help="what runs the model (default auto, where OpenVINO measured faster and is installed: "
+                        "OpenVINO for ViT checkpoints on x86 CPUs with AVX2/AVX-512 (converted once, cached in "
+                        "~/.cache/vitkit/openvino), for IR .xml files, and for fp32 .onnx files on AVX-512 CPUs; "
+                        "else PyTorch for checkpoints and onnxruntime for .onnx files; `vitkit env` shows the "
+                        "choice; openvino needs pip install 'vitkit[openvino]')")
 
 
 def data_flag(p: argparse.ArgumentParser, required: bool = True, what: str = "") -> None:
