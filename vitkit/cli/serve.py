@@ -25,6 +25,7 @@ def _serve(args: argparse.Namespace) -> int:
     served.configure_logging(args.log_level)
     app = served.create_app(**settings)  # a bad checkpoint or flag fails here, in one line, before any worker starts
     backend, state = app.state.vitkit.backend, app.state.vitkit
+    served.tune_interpreter(backend.runtime)
     host = f"[{args.host}]" if ":" in args.host else args.host
     processes = f"; {args.workers} worker processes, {state.threads} threads each" if args.workers > 1 else ""
     print(f"serving {backend.describe()}{processes}\n  web page  http://{host}:{args.port}/\n"

@@ -106,8 +106,8 @@ def from_checkpoint(model: nn.Module, meta: dict[str, Any], precision: str) -> O
     """A PyTorch vitkit model (any batch size, its own image size) compiled for OpenVINO in `precision`
     (fp32 | bf16). Converted from the module by OpenVINO's PyTorch frontend the first time (2-4 s for
     ViT-S/16 to B/16 on 2 cores) and kept as an IR in the cache, under a digest of the weights, the
-    config and the versions, so later runs only compile it (0.3 s) and changed weights never meet a
-    stale file. A cache that cannot be written costs the conversion every time, nothing else."""
+    config, the model's code and the versions, so later runs only compile it (0.3 s) and changed
+    weights or code never meet a stale file. A cache that cannot be written costs the conversion every time, nothing else."""
     from ..checkpoint import model_meta
     from ..files import cache_dir, fsync_dir
 
@@ -144,12 +144,14 @@ def from_checkpoint(model: nn.Module, meta: dict[str, Any], precision: str) -> O
 
 
 def _digest(model: nn.Module, meta: dict[str, Any]) -> str:
-    """What the converted graph depends on: every weight's bytes (sha256 reads 1.3 GB/s), the metadata and
-    the versions of vitkit, torch and OpenVINO."""
-    from .. import __version__
-
-    h = hashlib.sha256(json.dumps([__version__, torch.__version__, openvino().__version__, type(model).__name__,
-                                   meta], sort_keys=True, default=str).encode())
+    """What the converted graph depends on: every weight's bytes (sha256 reads 1.3 GB/s), the metadata,
+    the source files of the modules the model is built from (an edited forward is a new graph) and the
+    versions of torch and OpenVINO."""
+    h = hashlib.sha256(json.dumps([torch.__version__, openvino().__version__, type(model).__name__, meta],
+                                  sort_keys=True, default=str).encode())
+    for source in sorted({sys.modules[type(m).__module__].__file__ or "" for m in model.modules()}):
+        if source:
+            h.update(Path(source).read_bytes())
     for name, t in model.state_dict().items():
         h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().data)

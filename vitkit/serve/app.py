@@ -400,6 +400,23 @@ def _convenience_routes(app: FastAPI, state: ServerState) -> None:
 
 WORKER_SETTINGS = "VITKIT_SERVE_WORKER"  # how `vitkit serve --workers N` hands its settings to the workers
 
+# On onnxruntime, the model thread gives up the GIL for each session run and each decode and resize,
+# and takes it back from the event loop, which holds it while it parses the next requests; each time
+# it may wait up to the interpreter's switch interval (5 ms by default). With 0.5 ms, ViT-S/16 on the
+# int8 file served 1.10x (8 clients) and 1.01x (64) as many images as with the default (median
+# per-round ratios over 10 rounds of two side-by-side runs, benchmarks/serve.py --servers
+# vitkit,vitkit:DIR,litserve; 2-core Xeon, 2026-12-03; docs/serving.md). The PyTorch path, which takes
+# the GIL back after every operator, served 0.91-0.94x with it (4 rounds), and OpenVINO showed no
+# difference within the noise: they keep the default. `vitkit serve` sets it; an application that
+# mounts `create_app` keeps its own.
+SWITCH_INTERVAL_S = {"onnxruntime": 0.0005}
+
+
+def tune_interpreter(runtime: str) -> None:
+    """The GIL switch interval a server process on `runtime` runs best with (above)."""
+    if runtime in SWITCH_INTERVAL_S:
+        sys.setswitchinterval(SWITCH_INTERVAL_S[runtime])
+
 
 def configure_logging(level: str) -> None:
     """One JSON line per request at info (the server's own logger; uvicorn keeps its own)."""
@@ -415,4 +432,6 @@ def worker_app() -> FastAPI:
                           "elsewhere use vitkit.serve.create_app(...)")
     settings = json.loads(os.environ[WORKER_SETTINGS])
     configure_logging(settings.pop("log_level"))
-    return create_app(**settings)
+    app = create_app(**settings)
+    tune_interpreter(app.state.vitkit.backend.runtime)
+    return app
