@@ -137,7 +137,7 @@ def main() -> None:
             export_openvino(src, tmp / f"{key}.xml")
             export_openvino(src, tmp / f"{key}.int8.xml", "int8", data=args.data if key == "mnist" else "synthetic",
                             calibration_count=300 if key == "mnist" else 64)
-            openvino = {"openvino": OpenVINOModel(tmp / f"{key}.xml", precision="auto"),  # its own precision choice
+            openvino = {"openvino": OpenVINOModel(tmp / f"{key}.xml", precision="openvino"),  # its own precision choice
                         "openvino_int8": OpenVINOModel(tmp / f"{key}.int8.xml")}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.ao's deprecation notice

@@ -75,10 +75,10 @@ def build_vitkit_onnx(name: str) -> nn.Module:
 
 
 def build_vitkit_openvino(name: str, hint: str = "THROUGHPUT", precision: str = "fp32",
-                          run_in: str = "auto") -> nn.Module:
+                          run_in: str = "openvino") -> nn.Module:
     """The IR `vitkit export --format openvino` writes, compiled by OpenVINO with its own precision choice
-    (`run_in="auto"`; "fp32" forces f32)
-    (bf16 on CPUs that compute it natively) and the given performance hint. int8: NNCF post-training
+    (`run_in="openvino"`: bf16 on every CPU with AVX512-BF16; "fp32" forces f32) and the given
+    performance hint. int8: NNCF post-training
     quantisation calibrated on 64 images of the built-in synthetic set (random weights: speed only)."""
     import tempfile
 

@@ -45,7 +45,7 @@ def test_the_ir_matches_pytorch_and_carries_vitkit_metadata(run, tmp_path, capsy
     with torch.inference_mode():
         torch.testing.assert_close(loaded.model(x), reference.model(x), atol=1e-4, rtol=0)
     from vitkit.engines.openvino import OpenVINOModel
-    default = OpenVINOModel(ir, precision="auto")  # OpenVINO's own choice (bf16 on CPUs that compute it)
+    default = OpenVINOModel(ir, precision="openvino")  # OpenVINO's own choice (bf16 on CPUs that compute it)
     with torch.inference_mode():
         spread = (reference.model(x).max() - reference.model(x).min()).item()
         assert (default(x) - reference.model(x)).abs().max().item() <= 0.03 * spread  # the bf16 tolerance
@@ -141,6 +141,36 @@ def test_auto_runs_fp32_onnx_files_where_the_rule_says_and_int8_files_on_onnxrun
     assert type(load(int8).model).__name__ == "OnnxModel"
     from vitkit.engines.openvino import OpenVINOModel
     assert "f32" in OpenVINOModel(fp32).inference_precision.lower() or "float32" in OpenVINOModel(fp32).inference_precision.lower()
+
+
+def test_fp32_files_on_openvino_run_in_vitkits_automatic_precision_unless_told(run, tmp_path, monkeypatch):
+    """An fp32 file holds fp32 weights, like a checkpoint: on OpenVINO it runs in what `auto` picks on the
+    machine that runs it (bf16 where bf16 pays), `--precision fp32|bf16` forces either; a bf16 IR stays bf16."""
+    onnx_file, bf16_ir = tmp_path / "m.onnx", tmp_path / "b.xml"
+    main(["export", "--checkpoint", str(run), "--out", str(onnx_file), "--no-check"])
+    main(["export", "--checkpoint", str(run), "--format", "openvino", "--precision", "bf16", "--out", str(bf16_ir),
+          "--no-check"])
+    x = torch.randn(4, 1, 8, 8)
+    with torch.inference_mode():
+        want = load(run).model(x)
+    as_fp32 = load(onnx_file, runtime="openvino").for_inference()  # auto is pinned to fp32 in the tests
+    assert as_fp32.precision == "fp32" and "pinned" in as_fp32.precision_reason
+    torch.testing.assert_close(as_fp32.model(x), want, atol=1e-4, rtol=0)
+    monkeypatch.setenv("VITKIT_AUTO_PRECISION", "bf16")  # a machine where auto picks bf16
+    as_auto = load(onnx_file, runtime="openvino").for_inference()
+    spread = (want.max() - want.min()).item()
+    with torch.inference_mode():
+        assert as_auto.precision == "bf16" and (as_auto.model(x) - want).abs().max().item() <= 0.03 * spread
+        forced = load(onnx_file, runtime="openvino").for_inference("fp32")
+        assert forced.precision == "fp32" and forced.precision_reason == "as asked"
+        torch.testing.assert_close(forced.model(x), want, atol=1e-4, rtol=0)
+    monkeypatch.setenv("VITKIT_AUTO_PRECISION", "fp32")
+    assert load(bf16_ir).for_inference().precision == "bf16"  # exported for bf16: stays bf16
+    assert load(bf16_ir).for_inference("fp32").precision == "fp32"
+    with pytest.raises(VitkitError, match="runs on onnxruntime in the precision it was written in"):
+        load(onnx_file, runtime="onnxruntime").for_inference("bf16")
+    with pytest.raises(VitkitError, match="unknown precision 'bf61'"):
+        load(onnx_file, runtime="openvino").for_inference("bf61")
 
 
 def test_checkpoints_run_on_openvino_converted_once_and_cached(run, tmp_path, monkeypatch, capsys):

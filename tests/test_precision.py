@@ -148,7 +148,7 @@ def test_an_exported_file_runs_as_it_was_written(tmp_path, capsys):
     assert meta["machine"]["cpu"] == describe()["cpu"]
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(tmp_path / "m.onnx"), "--data", "digits", "--precision", "bf16"]) == 2
-    assert "an exported file, which runs in the precision it was written in" in capsys.readouterr().err
+    assert "runs on onnxruntime in the precision it was written in" in capsys.readouterr().err
 
 
 def test_vitkit_env_names_the_machine_and_the_choices(capsys):

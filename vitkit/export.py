@@ -249,8 +249,9 @@ def export_openvino(checkpoint: str | Path, out: str | Path, precision: str = "f
                     check: bool = True, data: str | None = None, calibration_count: int = 300,
                     dynamic_size: bool = False) -> dict:
     """Write an OpenVINO IR (`out` .xml and its .bin) converted from vitkit's ONNX graph, with vitkit's
-    metadata (preprocessing, classes, the machine) in its rt_info. fp32 | bf16 is stored as the precision
-    to run it in (the weights stay fp32; OpenVINO casts them when it compiles for bf16); int8 quantises
+    metadata (preprocessing, classes, the machine) in its rt_info. The weights stay fp32; `precision` is
+    stored: fp32 files run in vitkit's automatic precision where they run, bf16 ones always in bf16
+    (OpenVINO casts the weights when it compiles for bf16); int8 quantises
     with NNCF, calibrated on `calibration_count` training images of `data`. The check compares OpenVINO
     forced to f32 with PyTorch (fails above 1e-4); for int8 it reports the largest difference and the
     top-1 agreement on random input. `dynamic_size` as for `export_onnx` (int8: calibrated at the

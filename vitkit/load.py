@@ -14,10 +14,10 @@ from torch import nn
 from .checkpoint import is_vitkit_file, load_weights
 from .data.transforms import Preprocess
 from .devices import resolve_device
-from .errors import VitkitError
+from .errors import VitkitError, unknown
 from .models.inference import inference_model
 from .models.vit import VisionTransformer
-from .precision import choose, in_precision
+from .precision import PRECISIONS, choose, in_precision
 from .run_dir import RunDir
 
 
@@ -48,11 +48,7 @@ class Loaded:
         model runs on `runtime` pytorch or openvino, `auto` by `decide_checkpoint_runtime`."""
         params = list(self.model.parameters())
         if not params:
-            if precision not in ("auto", "fp32"):
-                raise VitkitError(f"--precision {precision}: {self.source} is an exported file, which runs in the "
-                                  f"precision it was written in")
-            return Ready(inference_model(self.model), "as exported", "an exported file runs as it was written",
-                         self.runtime, self.runtime_reason)
+            return self._exported_ready(precision)
         device = params[0].device
         chosen, why = choose(precision, device)
         on, on_why = checkpoint_runtime(runtime, self.model, device, chosen, compile)
@@ -61,6 +57,25 @@ class Loaded:
 
             return Ready(from_checkpoint(inference_model(self.model), self.meta, chosen), chosen, why, on, on_why)
         return Ready(inference_model(in_precision(self.model, chosen), compile), chosen, why, on, on_why)
+
+
+    def _exported_ready(self, precision: str) -> "Ready":
+        """An exported file: on OpenVINO in `precision` (auto: bf16 IRs in bf16, other files in vitkit's
+        automatic precision), on onnxruntime as it was written (fp32, or its int8 operators)."""
+        if precision not in PRECISIONS:
+            raise unknown("precision", precision, PRECISIONS)
+        model = self.model
+        if self.runtime == "openvino" and precision in ("fp32", "bf16"):
+            model = self.model = model.in_precision(precision)
+            return Ready(model, model.precision, "as asked", self.runtime, self.runtime_reason)
+        if self.runtime == "openvino" and precision == "auto":
+            return Ready(model, model.precision, model.precision_reason, self.runtime, self.runtime_reason)
+        if precision not in ("auto", "fp32"):
+            where = "on OpenVINO" if self.runtime == "openvino" else "with --runtime openvino"
+            raise VitkitError(f"--precision {precision}: {self.source} runs on {self.runtime} in the precision it "
+                              f"was written in (fp32 and bf16 are chosen {where})")
+        return Ready(inference_model(model), "as exported", "an exported file runs as it was written",
+                     self.runtime, self.runtime_reason)
 
 
 class Ready(NamedTuple):

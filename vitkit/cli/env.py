@@ -23,7 +23,8 @@ def _env(args: argparse.Namespace) -> None:
     ckpt = decide_checkpoint_runtime(set(info["isa"]), bool(info["versions"]["openvino"]), "cpu", True)
     choices["runtime for ViT checkpoints on cpu"] = f"{ckpt[0]} ({ckpt[1]})"
     fp32 = decide_runtime("m.onnx", set(info["isa"]), bool(info["versions"]["openvino"]), False)
-    choices["runtime for fp32 .onnx"] = f"{fp32[0]} ({fp32[1]})"
+    on_openvino = f", in {choose('auto', resolve_device('cpu'))[0]} as checkpoints" if fp32[0] == "openvino" else ""
+    choices["runtime for fp32 .onnx"] = f"{fp32[0]}{on_openvino} ({fp32[1]})"
     int8 = decide_runtime("m.onnx", set(info["isa"]), bool(info["versions"]["openvino"]), True)
     choices["runtime for int8 .onnx"] = f"{int8[0]} ({int8[1]})"
     choices["runtime for .xml (IR)"] = ("OpenVINO" if info["versions"]["openvino"]

@@ -33,7 +33,7 @@ def _export(args: argparse.Namespace) -> None:
     if args.data:  # what the file costs in accuracy, on real images with the checkpoint's own preprocessing
         from ..evaluate import evaluate_checkpoint
         before = evaluate_checkpoint(args.checkpoint, args.data, args.split, precision="fp32")["top1"]
-        after = evaluate_checkpoint(args.out, args.data, args.split)["top1"]  # in the precision it was written for
+        after = evaluate_checkpoint(args.out, args.data, args.split)["top1"]  # in the precision it runs in here by default
         print(f"{args.data} [{args.split}] top-1: checkpoint {100 * before:.2f}% -> {Path(args.out).name} "
               f"{100 * after:.2f}% ({100 * (after - before):+.2f} points)")
 
@@ -50,9 +50,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="onnx (default): fp32; int8: dynamic int8 quantisation of every matrix multiply (per-channel "
                         "weights) for CPU inference with onnxruntime; openvino: an OpenVINO IR (NAME.xml + NAME.bin)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8"],
-                   help="openvino only (default fp32): fp32 or bf16 = the precision OpenVINO runs the IR in (bf16 "
-                        "where the CPU computes it); int8 = NNCF post-training quantisation, calibrated on "
-                        "--data's training images")
+                   help="openvino only (default fp32): fp32 = fp32 weights, run like a checkpoint in vitkit's "
+                        "automatic precision on the machine that runs it (bf16 where it measured faster; "
+                        "`--precision fp32` at eval/predict/serve forces f32); bf16 = always run in bf16; int8 = "
+                        "NNCF post-training quantisation, calibrated on --data's training images")
     p.add_argument("--calibration-images", type=int, default=300, metavar="N",
                    help="openvino int8: how many training images of --data calibrate the int8 ranges, the same "
                         "share of every class (default 300)")
@@ -64,7 +65,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                         "resampled in 2D inside the file); checked at the checkpoint's size and a larger one. "
                         "Not for models resampled with antialiasing")
     p.add_argument("--data", metavar="SPEC",
-                   help="also evaluate the checkpoint (fp32) and the written file (in its own precision) on this "
+                   help="also evaluate the checkpoint (fp32) and the written file (in the precision it runs in here by "
+                        "default) on this "
                         "data (as `vitkit eval`) and print both top-1 accuracies: what the export costs; for "
                         "openvino int8 also the calibration images")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="split for --data (default test)")

@@ -2,8 +2,11 @@
 openvino` (.xml + .bin), any .onnx file vitkit exported, or a PyTorch checkpoint converted once and
 kept in vitkit's cache (`checkpoint_ir`: what `--runtime openvino`/`auto` does with a checkpoint).
 
-OpenVINO picks its own inference precision per CPU (bf16 where the CPU computes it natively, else
-f32); `precision="fp32"` forces f32 (`INFERENCE_PRECISION_HINT`), which the parity tests use.
+OpenVINO left to itself picks bf16 on every CPU with AVX512-BF16, also where that is slower (a Xeon
+without AMX); vitkit tells it the precision instead (`INFERENCE_PRECISION_HINT`): an fp32 file runs in
+vitkit's automatic precision, as a checkpoint does (bf16 where the probe measured it faster: on a Zen 4
+EPYC OpenVINO ran ViT-S/16 1.5x faster in bf16 than in f32, docs/export.md), `precision="fp32"` forces f32
+(the parity tests and `--precision fp32`).
 The LATENCY hint is the default: each call is one synchronous request, and THROUGHPUT's parallel
 streams then leave cores idle (ViT-S/16 at batch 32: 8.3 against 14.3 img/s, docs/export.md).
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -68,22 +72,21 @@ class OpenVINOModel(nn.Module):
     """An IR or .onnx file compiled for OpenVINO's CPU plugin, with the config and metadata it carries."""
 
     def __init__(self, path: str | Path, precision: str | None = None, hint: str = "LATENCY"):
-        """`precision`: fp32 or bf16 forces OpenVINO's inference precision; "auto" leaves it to OpenVINO
-        (bf16 wherever the CPU has AVX512-BF16, also where that is slower); None takes what the file was
-        exported for: bf16 IRs run in bf16, fp32 IRs and .onnx files in f32, and an int8 IR's float
-        parts follow vitkit's own rule (vitkit.precision: bf16 only where it measured faster)."""
+        """`precision`: fp32 or bf16 forces OpenVINO's inference precision; "openvino" leaves it to
+        OpenVINO (bf16 wherever the CPU has AVX512-BF16, also where that is slower); None: a bf16 IR runs
+        in bf16, and every other file (fp32 IRs, .onnx files, an int8 IR's float parts) in vitkit's
+        automatic precision (vitkit.precision: bf16 only where it measured faster)."""
         super().__init__()
         ov = openvino()
         if hint not in HINTS:
             raise VitkitError(f"OpenVINO performance hint '{hint}': choose {' or '.join(HINTS)}")
+        if precision not in (None, "fp32", "bf16", "openvino"):
+            raise VitkitError(f"OpenVINO runs fp32 or bf16, not {precision}")
         config: dict[str, str] = {"PERFORMANCE_HINT": hint}
-        self.meta = read_meta(path)
-        # None: what `vitkit export` was asked for; "auto": OpenVINO's own choice for this CPU
+        self.path, self.hint, self.meta = Path(path), hint, read_meta(path)
+        self.precision_reason = "as asked"
         if precision is None:
-            precision = self.meta.get("openvino_precision") or "fp32"
-            if precision == "int8":
-                from ..precision import choose
-                precision = choose("auto", torch.device("cpu"))[0]
+            precision, self.precision_reason = file_precision(self.meta.get("openvino_precision"))
         if precision in ("fp32", "bf16"):
             config["INFERENCE_PRECISION_HINT"] = {"fp32": "f32", "bf16": "bf16"}[precision]
         if torch.get_num_threads() < (os.cpu_count() or 1):  # told to use fewer cores (serve --workers)
@@ -95,11 +98,26 @@ class OpenVINOModel(nn.Module):
         self.cfg = config_from_meta(self.meta)
         self.num_classes = self.cfg.num_classes
         self.inference_precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
+        # str() of the property reads "<Type: 'bfloat16'>" or "<Type: 'float32'>" in current OpenVINO
+        self.precision = "bf16" if re.search(r"bf16|bfloat16", self.inference_precision.lower()) else "fp32"
+
+    def in_precision(self, precision: str) -> "OpenVINOModel":
+        """This file compiled again for `precision` (fp32 | bf16), or itself if it already runs in it."""
+        return self if precision == self.precision else OpenVINOModel(self.path, precision, self.hint)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits on the device the images came from (OpenVINO runs on the CPU)."""
         out = self.compiled(x.detach().float().cpu().contiguous().numpy())[0]
         return torch.from_numpy(out).to(x.device)
+
+
+def file_precision(exported_as: str | None) -> tuple[str, str]:
+    """(precision, why) an exported file runs in by default: bf16 if it was exported for bf16, else
+    vitkit's automatic choice for this CPU (an fp32 file holds fp32 weights, like a checkpoint)."""
+    if exported_as == "bf16":
+        return "bf16", "exported for bf16"
+    from ..precision import choose
+    return choose("auto", torch.device("cpu"))
 
 
 def from_checkpoint(model: nn.Module, meta: dict[str, Any], precision: str) -> OpenVINOModel:
