@@ -61,7 +61,10 @@ def images_for(key: str, size: tuple[int, int], in_chans: int, count: int = 16) 
             Image.fromarray((img * 255 / 16).astype(np.uint8)).resize(size[::-1]).save(buf, "PNG")
             out.append(buf.getvalue())
         return out
-    from skimage import data
+    try:
+        from skimage import data  # real photos shipped in its wheel: works offline
+    except ImportError:
+        raise SystemExit("benchmarks/serve.py sends scikit-image's sample photos: pip install scikit-image") from None
     photos = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
     for i in range(count):
         buf = io.BytesIO()

@@ -31,11 +31,15 @@ Peers: Hugging Face transformers' ViT (SDPA and eager attention), vit-pytorch (i
 loaded on its own: the package's __init__ imports torchvision, which does not load beside this
 torch), and timm when it imports. All get the same threads, dtype (fp32), input and the same
 optimiser (torch.optim.AdamW with its defaults, for vitkit built by vitkit's own optimiser code).
+Runtime peers (`openvino_onnx`, `openvino_ir`, each also `_throughput`): plain OpenVINO compiling
+vitkit's fp32 .onnx / IR with only a performance hint, as its users run a file; they get their own
+column, "x fastest plain runtime", the anchor for vitkit on its own exported file.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -114,6 +118,31 @@ def build_vitkit_checkpoint_auto(name: str) -> nn.Module:
         return ready.model
 
 
+class _OpenVINOAsUsed(nn.Module):
+    """OpenVINO as its own users run a file: `compile_model(file, "CPU", {"PERFORMANCE_HINT": hint})`
+    with everything else (precision: bf16 on any CPU with AVX512-BF16) left to OpenVINO, called on numpy
+    arrays; no vitkit code on the path. The anchor of "vitkit on its file >= the fastest runtime"."""
+
+    def __init__(self, path: Path, hint: str):
+        super().__init__()
+        import openvino as ov
+        self.compiled = ov.Core().compile_model(str(path), "CPU", {"PERFORMANCE_HINT": hint})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.compiled(x.numpy())[0])
+
+
+def build_openvino_as_used(name: str, fmt: str, hint: str) -> nn.Module:
+    """vitkit's exported .onnx or IR (fp32) compiled by plain OpenVINO with the given hint."""
+    import tempfile
+
+    from vitkit.export import export_onnx, export_openvino
+    with tempfile.TemporaryDirectory() as d:
+        ckpt, out = random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / f"w.{fmt}"
+        (export_onnx if fmt == "onnx" else export_openvino)(ckpt, out, check=False)
+        return _OpenVINOAsUsed(out, hint)  # compiled: the files may go
+
+
 def build_hf(name: str, attn: str) -> nn.Module:
     from transformers import ViTConfig as HFConfig
     from transformers import ViTForImageClassification
@@ -176,6 +205,11 @@ IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit_openvino_int8": lambda n: build_vitkit_openvino(n, "LATENCY", "int8"),  # --precision int8 IR
     "vitkit_openvino_int8_throughput": lambda n: build_vitkit_openvino(n, "THROUGHPUT", "int8"),
     "vitkit_file_auto": build_vitkit_onnx_auto,  # the .onnx file on the runtime --runtime auto picks here
+    # plain OpenVINO on vitkit's fp32 files, as its users run them (runtime peers: not in "x fastest peer")
+    "openvino_onnx": lambda n: build_openvino_as_used(n, "onnx", "LATENCY"),
+    "openvino_onnx_throughput": lambda n: build_openvino_as_used(n, "onnx", "THROUGHPUT"),
+    "openvino_ir": lambda n: build_openvino_as_used(n, "xml", "LATENCY"),
+    "openvino_ir_throughput": lambda n: build_openvino_as_used(n, "xml", "THROUGHPUT"),
     "hf_sdpa": lambda n: build_hf(n, "sdpa"),
     "hf_sdpa_bf16": lambda n: build_hf(n, "sdpa"),  # bf16 weights (inference) / autocast (training)
     "hf_sdpa_fp16": lambda n: build_hf(n, "sdpa"),  # the same in fp16
@@ -201,7 +235,8 @@ def available(names: list[str]) -> dict[str, Callable[[str], nn.Module]]:
 # those whose name says their own (`_bf16`; `vitkit_auto`: vitkit's automatic choice on this machine).
 DEVICE, DTYPE = torch.device("cpu"), None
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-FILE_IMPLS = ("vitkit_onnx", "vitkit_openvino", "vitkit_file")  # exported files: inference on the CPU only
+FILE_IMPLS = ("vitkit_onnx", "vitkit_openvino", "vitkit_file", "openvino_")  # exported files: CPU inference only
+RUNTIME_PEERS = "openvino_"  # plain runtimes on vitkit's files: their own ratio column, not PyTorch peers
 
 
 def precision_of(impl: str) -> torch.dtype | None:
@@ -342,8 +377,12 @@ class OwnProcess:
     def __init__(self, impl: str, name: str, mode: str, threads: int):
         cmd = [sys.executable, __file__, "--serve", impl, name, mode, "--threads", str(threads)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        if self.proc.stdout.readline().strip() != "ready":
-            raise RuntimeError(f"{impl} {name} {mode}: the child process did not start")
+        # Setup may print (NNCF's progress bars go to stdout): everything before "ready" is skipped.
+        for line in self.proc.stdout:
+            if line.strip() == "ready":
+                return
+        raise RuntimeError(f"{impl} {name} {mode}: the child process exited before it was ready "
+                           f"(exit code {self.proc.wait()}; its error is above)")
 
     def time(self, seconds: float) -> float:
         self.proc.stdin.write(f"{seconds}\n")
@@ -360,7 +399,8 @@ def serve(impl: str, name: str, mode: str) -> None:
     if impl.startswith("vitkit"):
         from vitkit.runtime import tune_allocator
         tune_allocator()
-    cell = InProcess(impl, name, mode, torch.get_num_threads())
+    with contextlib.redirect_stdout(sys.stderr):   # stdout carries only the timing protocol
+        cell = InProcess(impl, name, mode, torch.get_num_threads())
     print("ready", flush=True)
     for line in sys.stdin:
         print(cell.time(float(line)), flush=True)
@@ -390,7 +430,8 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
                 per_round.append({"matmul_gflops": mm, **{i: cells[i].time(min_seconds) for i in order}})
                 print(f"{key} {mode} round {r + 1}/{rounds}: matmul {mm:.0f} GFLOP/s, "
                       + ", ".join(f"{i} {per_round[-1][i]:.1f} img/s" for i in names), file=sys.stderr, flush=True)
-            peers = [i for i in cells if not i.startswith("vitkit")]
+            peers = [i for i in cells if not i.startswith(("vitkit", RUNTIME_PEERS))]
+            runtimes = [i for i in cells if i.startswith(RUNTIME_PEERS)]
             for i in cells:
                 ips = [p[i] for p in per_round]
                 eff = [p[i] * gflop_img / p["matmul_gflops"] for p in per_round]
@@ -400,6 +441,10 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
                     ratios = [p[i] / max(p[j] for j in peers) for p in per_round]
                     row.update(ratio_to_fastest_peer_median=statistics.median(ratios),
                                ratio_min=min(ratios), ratio_max=max(ratios))
+                if runtimes:
+                    ratios = [p[i] / max(p[j] for j in runtimes) for p in per_round]
+                    row.update(ratio_to_fastest_runtime_median=statistics.median(ratios),
+                               runtime_ratio_min=min(ratios), runtime_ratio_max=max(ratios))
                 rows.append(row)
             for cell in cells.values():
                 cell.close()
@@ -407,14 +452,16 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| model | mode | implementation | img/s (median) | efficiency | x fastest peer (median, range) | peak MB |",
-             "|---|---|---|---:|---:|---|---:|"]
+    lines = ["| model | mode | implementation | img/s (median) | efficiency | x fastest peer (median, range) | "
+             "x fastest plain runtime | peak MB |", "|---|---|---|---:|---:|---|---|---:|"]
     for r in rows:
         ratio = (f"{r['ratio_to_fastest_peer_median']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f})"
                  if "ratio_to_fastest_peer_median" in r else "")
+        runtime = (f"{r['ratio_to_fastest_runtime_median']:.2f} ({r['runtime_ratio_min']:.2f}-"
+                   f"{r['runtime_ratio_max']:.2f})" if "ratio_to_fastest_runtime_median" in r else "")
         mem = f"{r['peak_mb']:.0f}" if r.get("peak_mb") is not None else ""
         lines.append(f"| {r['model']} | {r['mode']} | {r['impl']} | {r['img_s_median']:.1f} | "
-                     f"{r['efficiency_median'] * 100:.0f}% | {ratio} | {mem} |")
+                     f"{r['efficiency_median'] * 100:.0f}% | {ratio} | {runtime} | {mem} |")
     return "\n".join(lines)
 
 
