@@ -235,8 +235,8 @@ def available(names: list[str]) -> dict[str, Callable[[str], nn.Module]]:
 # those whose name says their own (`_bf16`; `vitkit_auto`: vitkit's automatic choice on this machine).
 DEVICE, DTYPE = torch.device("cpu"), None
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-FILE_IMPLS = ("vitkit_onnx", "vitkit_openvino", "vitkit_file", "openvino_")  # exported files: CPU inference only
 RUNTIME_PEERS = "openvino_"  # plain runtimes on vitkit's files: their own ratio column, not PyTorch peers
+FILE_IMPLS = ("vitkit_onnx", "vitkit_openvino", "vitkit_file", RUNTIME_PEERS)  # exported files: CPU inference only
 
 
 def precision_of(impl: str) -> torch.dtype | None:
@@ -437,14 +437,12 @@ def run(models: list[str], impls: list[str], modes: list[str], rounds: int, min_
                 eff = [p[i] * gflop_img / p["matmul_gflops"] for p in per_round]
                 row = {"model": name, "mode": mode, "impl": i, "img_s_median": statistics.median(ips),
                        "efficiency_median": statistics.median(eff), "gflop_per_img": gflop_img}
-                if peers:
-                    ratios = [p[i] / max(p[j] for j in peers) for p in per_round]
-                    row.update(ratio_to_fastest_peer_median=statistics.median(ratios),
-                               ratio_min=min(ratios), ratio_max=max(ratios))
-                if runtimes:
-                    ratios = [p[i] / max(p[j] for j in runtimes) for p in per_round]
-                    row.update(ratio_to_fastest_runtime_median=statistics.median(ratios),
-                               runtime_ratio_min=min(ratios), runtime_ratio_max=max(ratios))
+                for anchors, median, low, high in ((peers, "ratio_to_fastest_peer_median", "ratio_min", "ratio_max"),
+                                                   (runtimes, "ratio_to_fastest_runtime_median", "runtime_ratio_min",
+                                                    "runtime_ratio_max")):
+                    if anchors:
+                        ratios = [p[i] / max(p[j] for j in anchors) for p in per_round]
+                        row.update({median: statistics.median(ratios), low: min(ratios), high: max(ratios)})
                 rows.append(row)
             for cell in cells.values():
                 cell.close()

@@ -110,7 +110,7 @@ def decide_runtime(path: str, isa: set[str], openvino_installed: bool, int8_onnx
     OpenVINO (f32) ran vitkit's fp32 .onnx 1.04-1.79x as fast as onnxruntime for the MNIST model,
     ViT-S/16 and ViT-B/16 at batch 32, all but ViT-B/16 at batch 1 (0.82x there, in noisy rounds); on
     an AVX2-only EPYC (Zen 3) onnxruntime was faster in all but one case; on a Zen 4 EPYC (AVX512-BF16,
-    2026-12-04) OpenVINO in bf16 ran ViT-S/16 about 2x onnxruntime's fp32. vitkit's int8 .onnx uses
+    2026-12-04) OpenVINO in bf16 ran the MNIST model and ViT-S/16 1.07-3.0x as fast as onnxruntime's fp32. vitkit's int8 .onnx uses
     onnxruntime's own operators (QAttention)."""
     if path.endswith(".xml"):
         return "openvino", "an OpenVINO IR"
