@@ -80,7 +80,7 @@ class Offline:
     def __init__(self, source: Path, runtime: str, batch: int):
         from vitkit.serve.backend import Backend
         self.b = Backend(source, runtime=runtime)
-        self.b.warm_up()
+        self.b.warm_up(batch)
         self.x, self.one = torch.randn(batch, *self.b.input_shape), torch.randn(1, *self.b.input_shape)
         self.b.run(self.x)
 
@@ -103,7 +103,7 @@ source, runtime, port, batch, wait_ms = sys.argv[1], sys.argv[2], int(sys.argv[3
 class VitkitAPI(ls.LitAPI):
     def setup(self, device):
         self.b = Backend(source, runtime=runtime)
-        self.b.warm_up()
+        self.b.warm_up(batch)
     def decode_request(self, request):  # decoding and preprocessing, as vitkit's server does them
         return self.b.prepare([self.b.check_image(base64.b64decode(request["image"]), "image")])[0]
     def batch(self, inputs):

@@ -51,6 +51,26 @@ def test_the_ir_matches_pytorch_and_carries_vitkit_metadata(run, tmp_path, capsy
         assert (default(x) - reference.model(x)).abs().max().item() <= 0.03 * spread  # the bf16 tolerance
 
 
+def test_a_shape_that_comes_back_runs_on_its_own_static_compilation(run, tmp_path):
+    from vitkit.engines import openvino as engine
+    ir = tmp_path / "m.xml"
+    assert main(["export", "--checkpoint", str(run), "--format", "openvino", "--out", str(ir), "--no-check"]) == 0
+    model, reference = engine.OpenVINOModel(ir, precision="fp32"), load(run).model
+    batches = [torch.randn(n, 1, 8, 8) for n in (5, 5, 5, 3, 4, 4, 6, 6, 2, 2, 7)]
+    with torch.inference_mode():
+        for x in batches:
+            torch.testing.assert_close(model(x), reference(x), atol=1e-4, rtol=0)
+    # 5, 4 and 6 came back and got their own; 3 came once; 2 came back after the limit was reached
+    assert sorted(s[0] for s in model._by_shape) == [4, 5, 6] and engine.MAX_STATIC_SHAPES == 3
+    one = engine.OpenVINOModel(ir, precision="fp32", static_shapes=False)
+    one(batches[0]), one(batches[0])
+    assert not one._by_shape
+    one.compile_for((2, 1, 8, 8))  # what a server does for its batch sizes before it is ready
+    assert list(one._by_shape) == [(2, 1, 8, 8)]
+    with pytest.raises(VitkitError, match=r"cannot run input shape \[2, 3, 8, 8\]"):
+        one.compile_for((2, 3, 8, 8))
+
+
 def test_eval_and_predict_run_the_ir_and_the_onnx_file_on_openvino(run, tmp_path, capsys):
     ir, onnx_file = tmp_path / "m.xml", tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(run), "--format", "openvino", "--out", str(ir), "--no-check"]) == 0
@@ -232,10 +252,14 @@ def test_the_server_runs_a_checkpoint_on_openvino_and_still_explains_it(run, tmp
 
     b = Backend(run, runtime="openvino", precision="fp32")
     assert b.runtime == "openvino" and b.has_attention and "on openvino" in b.describe()
-    x = torch.randn(3, 1, 8, 8)
+    b.warm_up(4)  # compiles one image and a full batch now; no request ever waits for a compilation
+    assert sorted(b.model._by_shape) == [(1, 1, 8, 8), (4, 1, 8, 8)] and not b.model.static_shapes
     reference = load(run).model
     with torch.inference_mode():
-        torch.testing.assert_close(b.run(x), reference(x), atol=1e-4, rtol=0)
+        for n in (3, 3, 4, 3):
+            x = torch.randn(n, 1, 8, 8)
+            torch.testing.assert_close(b.run(x), reference(x), atol=1e-4, rtol=0)
+    assert len(b.model._by_shape) == 2
     import io
 
     from PIL import Image

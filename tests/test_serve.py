@@ -130,7 +130,7 @@ def test_ready_only_after_the_warm_up(run):
     backend = Backend(run)
     release = threading.Event()
     warm = backend.warm_up
-    backend.warm_up = lambda: (release.wait(10), warm())
+    backend.warm_up = lambda *sizes: (release.wait(10), warm(*sizes))
     app = create_app(backend)
 
     async def probe(client):

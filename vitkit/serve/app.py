@@ -129,7 +129,7 @@ def create_app(source: str | Path | Backend, name: str | None = None, *, device:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         state.batcher.start()
-        warm = asyncio.get_running_loop().create_task(state.thread.call(backend.warm_up))
+        warm = asyncio.get_running_loop().create_task(state.thread.call(backend.warm_up, max_batch_size))
         warm.add_done_callback(lambda t: state.ready.set() if not t.exception() else
                                log.error(f"warm-up failed: {t.exception()}"))
         yield
