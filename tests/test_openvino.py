@@ -122,8 +122,35 @@ def test_int8_ir_is_calibrated_on_real_images_and_keeps_accuracy(run, tmp_path, 
     assert abs(before - after) <= 1.0, printed  # int8 within 1 point on digits' 359 test images
     meta = load(ir).meta
     assert meta["openvino_precision"] == "int8" and "calibrated on 120 images of digits" in meta["quantization"]
+    assert meta["int8_scheme"] in ("fast", "accurate") and meta["int8_scheme"] in meta["quantization"]
     weights = __import__("openvino").Core().read_model(str(ir)).get_ops()
     assert any(op.get_type_name() == "FakeQuantize" or "int8" in str(op.get_output_element_type(0)) for op in weights)
+
+
+def test_int8_auto_writes_the_accurate_scheme_where_the_fast_one_loses_accuracy(run, tmp_path, capsys, monkeypatch):
+    import vitkit.evaluate as evaluate
+    real = evaluate.evaluate_checkpoint
+
+    def fast_loses_two_points(source, *args, **kwargs):
+        result = real(source, *args, **kwargs)
+        if str(source).endswith(".xml") and load(source).meta["int8_scheme"] == "fast":
+            result["top1"] -= 0.02
+        return result
+
+    monkeypatch.setattr(evaluate, "evaluate_checkpoint", fast_loses_two_points)
+    ir = tmp_path / "q.xml"
+    common = ["export", "--checkpoint", str(run), "--format", "openvino", "--precision", "int8", "--data", "digits",
+              "--calibration-images", "60", "--out", str(ir), "--no-check"]
+    assert main(common) == 0
+    printed = capsys.readouterr().out
+    assert "the fast int8 scheme loses" in printed and "writing the accurate one" in printed
+    assert printed.count("top-1: checkpoint") == 2 and load(ir).meta["int8_scheme"] == "accurate"
+    assert main(common + ["--int8-scheme", "fast"]) == 0  # asked for by name: kept, whatever it costs
+    assert "writing the accurate one" not in capsys.readouterr().out and load(ir).meta["int8_scheme"] == "fast"
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "m.onnx"), "--int8-scheme", "fast"]) == 2
+    assert "--int8-scheme fast: for --format openvino --precision int8" in capsys.readouterr().err
+    assert main(common + ["--max-accuracy-drop", "-1"]) == 2
+    assert "--max-accuracy-drop -1.0: a loss in points, >= 0" in capsys.readouterr().err
 
 
 def test_calibration_draws_every_class_alike(run):
