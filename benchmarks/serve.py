@@ -5,7 +5,8 @@
 For each model (`mnist`: a trained MNIST run; `s16`: ViT-S/16 with random weights) and backend
 (`pytorch`: the checkpoint on PyTorch, `--runtime pytorch`; `checkpoint`: the checkpoint on the runtime
 `vitkit serve` picks with no flags, OpenVINO on x86 CPUs where it is installed; `int8`: the file
-`vitkit export --format int8` writes, on onnxruntime):
+`vitkit export --format int8` writes, on onnxruntime; `int8_ir`: the IR `vitkit export --format openvino
+--precision int8` writes, on OpenVINO):
 
 - offline: the backend's own throughput at the server's batch size (the limit a server can reach)
   and its batch-1 latency, timed in this process;
@@ -123,7 +124,7 @@ if __name__ == "__main__":
 """
 
 
-BACKENDS = {"pytorch": "pytorch", "checkpoint": "auto", "int8": "auto"}  # backend -> serve's --runtime
+BACKENDS = {"pytorch": "pytorch", "checkpoint": "auto", "int8": "auto", "int8_ir": "auto"}  # -> serve's --runtime
 
 
 def free_port() -> int:
@@ -306,8 +307,9 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="trained MNIST run (for the mnist row)")
     ap.add_argument("--models", default="mnist,s16", help="comma-separated: mnist, ti16, s16, b16")
     ap.add_argument("--backends", default="pytorch,int8",
-                    help="pytorch (the checkpoint on PyTorch), checkpoint (on the runtime serve picks with no flags) "
-                         "and/or int8 (its int8 file)")
+                    help="pytorch (the checkpoint on PyTorch), checkpoint (on the runtime serve picks with no flags), "
+                         "int8 (its int8 .onnx file, onnxruntime) and/or int8_ir (its OpenVINO int8 IR, calibrated "
+                         "on synthetic images: for speed only)")
     ap.add_argument("--servers", default="vitkit,litserve",
                     help="vitkit and/or litserve; vitkit:DIR also runs the server of the checkout in DIR (A/B variants)")
     ap.add_argument("--clients", default="1,8,64", help="concurrent connections per run")
@@ -333,6 +335,10 @@ def main() -> None:
                 from vitkit.export import export_int8
                 source = tmp / f"{key}.int8.onnx"
                 export_int8(checkpoint, source, check=False)
+            elif backend == "int8_ir":  # calibrated on the built-in synthetic images: for speed only
+                from vitkit.export import export_openvino
+                source = tmp / f"{key}.int8.xml"
+                export_openvino(checkpoint, source, "int8", check=False, data="synthetic", calibration_count=64)
             rows += measure(key, backend, source, runtime, images, servers, clients, args, tmp)
             print(table(rows), file=sys.stderr, flush=True)
     result = {"date": time.strftime("%Y-%m-%d"), "cpu": cpu_description(), "machine": describe(),

@@ -267,8 +267,8 @@ def export_openvino(checkpoint: str | Path, out: str | Path, precision: str = "f
     """Write an OpenVINO IR (`out` .xml and its .bin) converted from vitkit's ONNX graph, with vitkit's
     metadata (preprocessing, classes, the machine) in its rt_info. The weights stay fp32; `precision` is
     stored: fp32 files run in vitkit's automatic precision where they run, bf16 ones always in bf16
-    (OpenVINO casts the weights when it compiles for bf16); int8 quantises
-    with NNCF (`int8_scheme`, INT8_SCHEMES), calibrated on `calibration_count` training images of `data`. The check compares OpenVINO
+    (OpenVINO casts the weights when it compiles for bf16); int8 quantises with NNCF (`int8_scheme`,
+    INT8_SCHEMES), calibrated on `calibration_count` training images of `data`. The check compares OpenVINO
     forced to f32 with PyTorch (fails above 1e-4); for int8 it reports the largest difference and the
     top-1 agreement on random input. `dynamic_size` as for `export_onnx` (int8: calibrated at the
     checkpoint's size)."""

@@ -110,8 +110,8 @@ def decide_runtime(path: str, isa: set[str], openvino_installed: bool, int8_onnx
     OpenVINO (f32) ran vitkit's fp32 .onnx 1.04-1.79x as fast as onnxruntime for the MNIST model,
     ViT-S/16 and ViT-B/16 at batch 32, all but ViT-B/16 at batch 1 (0.82x there, in noisy rounds); on
     an AVX2-only EPYC (Zen 3) onnxruntime was faster in all but one case; on a Zen 4 EPYC (AVX512-BF16,
-    2026-12-04) OpenVINO in bf16 ran the MNIST model and ViT-S/16 1.07-3.0x as fast as onnxruntime's fp32. vitkit's int8 .onnx uses
-    onnxruntime's own operators (QAttention)."""
+    2026-12-04) OpenVINO in bf16 ran the MNIST model and ViT-S/16 1.07-3.0x as fast as onnxruntime's
+    fp32. vitkit's int8 .onnx uses onnxruntime's own operators (QAttention)."""
     if path.endswith(".xml"):
         return "openvino", "an OpenVINO IR"
     if int8_onnx:
@@ -140,16 +140,17 @@ def decide_checkpoint_runtime(isa: set[str], openvino_installed: bool, device: s
     MNIST model 2.9x as fast at batch 1 and 1.37x at 32, ViT-S/16 1.26x / 1.09x, ViT-B/16 1.01x / 1.13x;
     on a 2-core AVX2-only EPYC (Zen 3), OpenVINO ran the same graph, as vitkit's .onnx file, 3.7x /
     1.37x (MNIST) and 1.29x / 1.00x (ViT-S/16) as fast as PyTorch; on a Zen 4 EPYC (AVX512-BF16,
-    2026-12-04), in bf16, 0.93-1.22x PyTorch's bf16 for ViT-S/16 and B/16 and 2-4x for MNIST. Other CPUs (ARM)
-    and CNN checkpoints were not measured: PyTorch stays."""
+    2026-12-04), in bf16, 0.93-1.22x PyTorch's bf16 for ViT-S/16 and B/16 and 2-4x for MNIST; on a Xeon
+    with AMX (2026-12-07), in bf16, 1.06-1.82x for ViTs and 2.2-5.3x for MNIST. Other CPUs (ARM) and CNN
+    checkpoints were not measured: PyTorch stays."""
     if device != "cpu":
         return "pytorch", f"OpenVINO's CPU plugin does not run on {device}"
     if not vit:
         return "pytorch", "OpenVINO was measured on ViTs only"
     return _openvino_where(isa, {"avx2", "avx512f"}, openvino_installed, "pytorch",
                            "PyTorch on CPUs without AVX2 (OpenVINO not measured there)",
-                           "faster than PyTorch for ViTs on x86 CPUs with AVX2/AVX-512 (measured on a Xeon, "
-                           "Zen 3 and Zen 4); converted once, cached")
+                           "faster than PyTorch for ViTs on x86 CPUs with AVX2/AVX-512 (measured on Xeons "
+                           "with and without AMX, Zen 3 and Zen 4); converted once, cached")
 
 
 def checkpoint_runtime(runtime: str, model: nn.Module, device: torch.device, precision: str,

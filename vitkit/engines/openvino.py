@@ -14,8 +14,9 @@ Files are written with a dynamic batch size, which OpenVINO compiles into shape-
 that comes back (a second call with it) gets its own static-shape compilation, kept for later calls: on a
 Zen 4 EPYC that ran the int8 MNIST model at batch 32 1.46x faster, its bf16 1.11x, int8 ViT-S/16 and
 B/16 1.01-1.07x, bf16 ViTs the same (0.99-1.01x); on a Xeon with AMX int8 1.10-1.67x and bf16
-0.98-1.47x (MNIST at batch 1 most); for 0.1-0.6 s of compilation once (docs/export.md). At most `MAX_STATIC_SHAPES` are kept (each holds its own prepared weights); other
-shapes, such as an evaluation's last partial batch, run on the dynamic compilation.
+0.98-1.47x (MNIST at batch 1 most); for 0.1-0.6 s of compilation once (docs/export.md). At most
+`MAX_STATIC_SHAPES` are kept (each holds its own prepared weights); other shapes, such as an
+evaluation's last partial batch, run on the dynamic compilation.
 """
 
 from __future__ import annotations
