@@ -12,9 +12,8 @@ streams then leave cores idle (ViT-S/16 at batch 32: 8.3 against 14.3 img/s, doc
 
 Files are written with a dynamic batch size, which OpenVINO compiles into shape-generic kernels. A shape
 that comes back (a second call with it) gets its own static-shape compilation, kept for later calls: on a
-Zen 4 EPYC that ran the int8 MNIST model at batch 32 1.46x faster, its bf16 1.11x, int8 ViT-S/16 and
-B/16 1.01-1.07x, bf16 ViTs the same (0.99-1.01x); on a Xeon with AMX int8 1.10-1.67x and bf16
-0.98-1.47x (MNIST at batch 1 most); for 0.1-0.6 s of compilation once (docs/export.md). At most
+Xeon with AMX that ran int8 IRs 1.10-1.67x and bf16 ones 0.98-1.47x as fast (MNIST at batch 1 most),
+for 0.1-0.45 s of compilation once (docs/export.md). At most
 `MAX_STATIC_SHAPES` are kept (each holds its own prepared weights); other shapes, such as an
 evaluation's last partial batch, run on the dynamic compilation.
 """
@@ -138,6 +137,13 @@ class OpenVINOModel(nn.Module):
                 self._by_shape[shape] = self._core.compile_model(graph, "CPU", self._config)
             except Exception as e:  # noqa: BLE001 - a shape the graph cannot take
                 raise VitkitError(f"{self.path}: cannot run input shape {list(shape)} ({_first_line(e)})") from None
+
+    def pin_shapes(self, shapes: list[tuple[int, ...]]) -> None:
+        """Compile exactly these input shapes now and learn no others from the calls that follow (a server's
+        batch sizes, before it reports ready: no request waits for a compilation)."""
+        self.static_shapes = False
+        for shape in shapes:
+            self.compile_for(shape)
 
     def _compiled_for(self, shape: tuple[int, ...]) -> Any:
         compiled = self._by_shape.get(shape)

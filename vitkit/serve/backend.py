@@ -62,10 +62,8 @@ class Backend:
         """The first calls pay for kernel selection and allocation: pay them before `ready`. An OpenVINO
         model compiles its static shapes for one image and for a full batch now (what a loaded server runs
         most), instead of stalling a request later to compile a size that came back."""
-        if hasattr(self.model, "compile_for"):
-            self.model.static_shapes = False
-            for batch in sorted({1, max_batch_size}):
-                self.model.compile_for((batch, *self.input_shape))
+        if hasattr(self.model, "pin_shapes"):
+            self.model.pin_shapes([(batch, *self.input_shape) for batch in sorted({1, max_batch_size})])
         for batch in (1, 2):
             self.run(torch.zeros(batch, *self.input_shape))
 
