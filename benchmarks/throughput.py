@@ -79,11 +79,12 @@ def build_vitkit_onnx(name: str) -> nn.Module:
 
 
 def build_vitkit_openvino(name: str, hint: str = "THROUGHPUT", precision: str = "fp32",
-                          run_in: str = "openvino", static_shapes: bool = True) -> nn.Module:
+                          run_in: str = "openvino", static_shapes: bool = True, split: bool = True) -> nn.Module:
     """The IR `vitkit export --format openvino` writes, compiled by OpenVINO with its own precision choice
     (`run_in="openvino"`: bf16 on every CPU with AVX512-BF16; "fp32" forces f32) and the given
     performance hint; `static_shapes=False`: one dynamic-shape compilation only (what vitkit's engine
-    adds over it: a static compilation for a shape that comes back). int8: NNCF post-training
+    adds over it: a static compilation for a shape that comes back); `split=False`: a batch on one stream of
+    every thread instead of one slice per thread on its own stream (vitkit's default). int8: NNCF post-training
     quantisation calibrated on 64 images of the built-in synthetic set (random weights: speed only)."""
     import tempfile
 
@@ -93,7 +94,7 @@ def build_vitkit_openvino(name: str, hint: str = "THROUGHPUT", precision: str = 
         export_openvino(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.xml", precision,
                         check=False, data="synthetic" if precision == "int8" else None, calibration_count=64)
         return OpenVINOModel(Path(d) / "w.xml", precision=run_in, hint=hint,  # compiled: the files may go
-                             static_shapes=static_shapes)
+                             static_shapes=static_shapes, split=split)
 
 
 def build_vitkit_onnx_auto(name: str) -> nn.Module:
@@ -208,6 +209,8 @@ IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit_openvino_int8_throughput": lambda n: build_vitkit_openvino(n, "THROUGHPUT", "int8"),
     "vitkit_openvino_dynamic": lambda n: build_vitkit_openvino(n, "LATENCY", static_shapes=False),
     "vitkit_openvino_int8_dynamic": lambda n: build_vitkit_openvino(n, "LATENCY", "int8", static_shapes=False),
+    "vitkit_openvino_unsplit": lambda n: build_vitkit_openvino(n, "LATENCY", split=False),
+    "vitkit_openvino_int8_unsplit": lambda n: build_vitkit_openvino(n, "LATENCY", "int8", split=False),
     "vitkit_file_auto": build_vitkit_onnx_auto,  # the .onnx file on the runtime --runtime auto picks here
     # plain OpenVINO on vitkit's fp32 files, as its users run them (runtime peers: not in "x fastest peer")
     "openvino_onnx": lambda n: build_openvino_as_used(n, "onnx", "LATENCY"),

@@ -71,6 +71,34 @@ def test_a_shape_that_comes_back_runs_on_its_own_static_compilation(run, tmp_pat
         one.compile_for((2, 3, 8, 8))
 
 
+def test_a_batch_that_divides_over_the_threads_runs_as_slices_with_the_same_logits(run, tmp_path):
+    from vitkit.engines import openvino as engine
+    ir = tmp_path / "m.xml"
+    assert main(["export", "--checkpoint", str(run), "--format", "openvino", "--out", str(ir), "--no-check"]) == 0
+    reference, threads = load(run).model, torch.get_num_threads()
+    torch.set_num_threads(2)  # one slice per thread: two on any machine
+    try:
+        split, whole = engine.OpenVINOModel(ir, precision="fp32"), engine.OpenVINOModel(ir, precision="fp32", split=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert split.parts == 2 and whole.parts == 1
+    split.pin_shapes([(6, 1, 8, 8), (5, 1, 8, 8)])
+    whole.pin_shapes([(6, 1, 8, 8)])
+    assert isinstance(split._by_shape[6, 1, 8, 8], engine._Streams)  # 6 = 2 slices of 3
+    assert not isinstance(split._by_shape[5, 1, 8, 8], engine._Streams)  # 5 does not divide: one request
+    assert not isinstance(whole._by_shape[6, 1, 8, 8], engine._Streams)
+    with torch.inference_mode():
+        for n in (6, 5, 6):
+            x = torch.randn(n, 1, 8, 8)
+            torch.testing.assert_close(split(x), reference(x), atol=1e-4, rtol=0)
+            if n == 6:
+                torch.testing.assert_close(split(x), whole(x), atol=1e-5, rtol=0)
+        a, b = torch.randn(6, 1, 8, 8), torch.randn(6, 1, 8, 8)
+        out_a = split(a)
+        split(b)  # the next call does not overwrite what the last one returned
+        torch.testing.assert_close(out_a, reference(a), atol=1e-4, rtol=0)
+
+
 def test_eval_and_predict_run_the_ir_and_the_onnx_file_on_openvino(run, tmp_path, capsys):
     ir, onnx_file = tmp_path / "m.xml", tmp_path / "m.onnx"
     assert main(["export", "--checkpoint", str(run), "--format", "openvino", "--out", str(ir), "--no-check"]) == 0
