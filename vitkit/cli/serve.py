@@ -62,7 +62,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=int, default=32,
                    help="most images in one forward pass (default 32); concurrent requests are grouped up to it")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
-                   help="how long a batch waits for requests that are still being read or decoded (default 5)")
+                   help="how long a batch waits for requests that are still being read, or for the callers of the "
+                        "last batch to send again (default 5)")
     p.add_argument("--max-queue", type=int, default=256,
                    help="requests that may wait for the model (default 256); beyond it: 503 with Retry-After")
     p.add_argument("--max-body-mb", type=float, default=20.0,
