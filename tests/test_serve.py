@@ -295,6 +295,42 @@ def test_concurrent_requests_are_batched_and_get_their_own_answers(run):
     assert count - singles >= 1  # at least one batch of several requests
 
 
+def test_the_callers_of_the_last_batch_run_together_again_and_a_lone_caller_never_waits():
+    """After a batch of 3, a request that arrives alone waits (up to max_wait_ms) for the other two callers
+    to send again, so the group keeps running as one batch; a lone caller's next request runs at once."""
+    from vitkit.serve.batcher import Batcher, ModelThread
+    sizes = []
+
+    def run(x):
+        sizes.append(len(x))
+        return x * 2
+
+    async def scenario():
+        thread = ModelThread()
+        batcher = Batcher(run, lambda xs: list(xs), thread, max_batch_size=8, max_wait_ms=2000)
+        batcher.start()
+        try:
+            one = lambda v: batcher.submit(torch.full((1, 2), float(v)), 1)  # noqa: E731
+            await asyncio.gather(one(1), one(2), one(3))        # arrive together: one batch of 3
+
+            async def late(v):
+                await asyncio.sleep(0.2)
+                return await one(v)
+            first, *rest = await asyncio.gather(one(4), late(5), late(6))  # one now, two 0.2 s later
+            t0 = time.perf_counter()
+            batcher.last_batch = 1  # a lone caller: its last batch held only its own request
+            await one(7)
+            alone = time.perf_counter() - t0
+            return first, rest, alone
+        finally:
+            await batcher.stop()
+            thread.shutdown()
+    first, rest, alone = asyncio.run(scenario())
+    assert sizes[:2] == [3, 3] and sizes[2] == 1  # the late two joined the first instead of a batch of 1
+    assert first[0].tolist() == [[8.0, 8.0]] and [r[0].tolist() for r in rest] == [[[10.0, 10.0]], [[12.0, 12.0]]]
+    assert alone < 1.0  # it did not wait for the 2 s max_wait_ms
+
+
 def _native_threads() -> int:
     """OS threads of this process that Python did not start (OpenMP's workers among them)."""
     return len(os.listdir("/proc/self/task")) - threading.active_count()
