@@ -296,13 +296,16 @@ def test_concurrent_requests_are_batched_and_get_their_own_answers(run):
 
 
 def test_the_callers_of_the_last_batch_run_together_again_and_a_lone_caller_never_waits():
-    """After a batch of 3, a request that arrives alone waits (up to max_wait_ms) for the other two callers
-    to send again, so the group keeps running as one batch; a lone caller's next request runs at once."""
-    from vitkit.serve.batcher import Batcher, ModelThread
+    """After a batch of 3, a request that arrives alone waits (up to max_wait_ms, and a quarter of the last
+    batch's time) for the other two callers to send again, so the group keeps running as one batch; a
+    lone caller's next request runs at once."""
+    from vitkit.serve.batcher import REGROUP_SHARE, Batcher, ModelThread
     sizes = []
 
     def run(x):
         sizes.append(len(x))
+        if len(sizes) == 1:
+            time.sleep(0.2 / REGROUP_SHARE)  # the first batch takes long enough to wait 0.2 s after it
         return x * 2
 
     async def scenario():
@@ -314,19 +317,22 @@ def test_the_callers_of_the_last_batch_run_together_again_and_a_lone_caller_neve
             await asyncio.gather(one(1), one(2), one(3))        # arrive together: one batch of 3
 
             async def late(v):
-                await asyncio.sleep(0.2)
+                await asyncio.sleep(0.1)
                 return await one(v)
-            first, *rest = await asyncio.gather(one(4), late(5), late(6))  # one now, two 0.2 s later
+            first, *rest = await asyncio.gather(one(4), late(5), late(6))  # one now, two 0.1 s later
             t0 = time.perf_counter()
             batcher.last_batch = 1  # a lone caller: its last batch held only its own request
             await one(7)
             alone = time.perf_counter() - t0
+            batcher.last_batch, batcher.last_run = 3, 0.001  # a fast model: stragglers are not worth a wait
+            await asyncio.gather(one(8), late(9), late(10))
             return first, rest, alone
         finally:
             await batcher.stop()
             thread.shutdown()
     first, rest, alone = asyncio.run(scenario())
-    assert sizes[:2] == [3, 3] and sizes[2] == 1  # the late two joined the first instead of a batch of 1
+    assert sizes[:3] == [3, 3, 1]  # the late two joined the first instead of a batch of 1
+    assert sizes[3:] == [1, 2]  # after a 1 ms batch, the first request did not wait 0.1 s for the others
     assert first[0].tolist() == [[8.0, 8.0]] and [r[0].tolist() for r in rest] == [[[10.0, 10.0]], [[12.0, 12.0]]]
     assert alone < 1.0  # it did not wait for the 2 s max_wait_ms
 

@@ -20,11 +20,19 @@ from ..errors import VitkitError
 from ..load import load
 
 
+# Below this many pixels in a batch, decoding is too short to share: a thread hand-off costs about as much.
+# The first version shared every batch, and with MNIST-size PNGs (32 x 784 pixels a batch) it served 10%
+# fewer images at 64 clients than before (int8 .onnx, AMX Xeon, 2026-12-07, docs/serving.md; that version
+# also waited the full --max-wait-ms for stragglers, batcher.REGROUP_SHARE); 224 x 224 JPEGs gain.
+PARALLEL_DECODE_PIXELS = 200_000
+
+
 @dataclass(frozen=True)
 class EncodedImage:
     """An image file as a request sent it, checked but not yet decoded."""
     data: bytes
     name: str
+    pixels: int  # width x height, from the header
 
 
 class Backend:
@@ -74,8 +82,7 @@ class Backend:
         line naming `name`, never a path on this disk) and kept encoded: `prepare` decodes it."""
         if not data:
             raise VitkitError(f"{name}: empty file (0 bytes)")
-        check_image(io.BytesIO(data), name)
-        return EncodedImage(data, name)
+        return EncodedImage(data, name, check_image(io.BytesIO(data), name))
 
     def prepare(self, x: torch.Tensor | list[EncodedImage]) -> torch.Tensor:
         """Model inputs of one request (`prepare_all` of one; its error raised)."""
@@ -108,9 +115,10 @@ class Backend:
         return out
 
     def _decode_files(self, files: list[EncodedImage]) -> list[torch.Tensor | Exception]:
-        """Each file's uint8 [C, H, W] pixels or its decoding error; shares of the list on the helper threads."""
+        """Each file's uint8 [C, H, W] pixels or its decoding error; shares of the list on the helper threads
+        when there is enough to decode (PARALLEL_DECODE_PIXELS)."""
         parts = min(len(files), torch.get_num_threads())
-        if parts < 2:
+        if parts < 2 or sum(f.pixels for f in files) < PARALLEL_DECODE_PIXELS:
             return _pixels_or_errors(files, self.pre.in_chans)
         if self._decoders is None:
             self._decoders = ThreadPoolExecutor(parts - 1, thread_name_prefix="vitkit-decode")
