@@ -40,6 +40,31 @@ def test_onnx_model_splits_a_batch_over_threads_with_the_same_logits(tmp_path):
     assert split(x[:1]).shape == (1, model.num_classes)
 
 
+def test_onnx_model_runs_cache_sized_slices_with_the_same_logits(tmp_path, monkeypatch):
+    from vitkit.engines.onnx import OnnxModel, images_per_run
+    from vitkit.models import model_config
+    from vitkit.models.config import ResNetConfig
+    mib = 1 << 20
+    # one [images, tokens, D] fp32 activation within a third of the L2: S/16 303 KB an image, B/16 605 KB
+    assert [images_per_run(model_config(n), (224, 224), 2 * mib)
+            for n in ("vit_small_patch16_224", "vit_base_patch16_224")] == [2, 1]
+    assert images_per_run(model_config("vit_mnist_patch7_28"), (28, 28), 2 * mib) == 80
+    assert images_per_run(model_config("vit_base_patch16_224"), (224, 224), 512 << 10) == 1  # never 0
+    assert images_per_run(ResNetConfig(), (224, 224), 2 * mib) is None  # a CNN: the whole slice
+    torch.manual_seed(0)
+    model = create_model("vit_digits_patch4_8", img_size=16)
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model))
+    export_onnx(tmp_path / "w.safetensors", tmp_path / "m.onnx")
+    runs = []
+    sliced, whole = OnnxModel(tmp_path / "m.onnx", threads=1, run_images=3), OnnxModel(tmp_path / "m.onnx", threads=1)
+    real = sliced.session.run
+    monkeypatch.setattr(sliced.session, "run", lambda out, feed: runs.append(len(feed["images"])) or real(out, feed),
+                        raising=False)
+    x = torch.randn(7, 1, 16, 16)
+    assert torch.allclose(sliced(x), whole(x), atol=1e-5)
+    assert runs == [3, 3, 1]
+
 def test_export_command(tmp_path, capsys):
     model = create_model("vit_digits_patch4_8")
     save_weights(tmp_path / "w.safetensors", model, model_meta(model))

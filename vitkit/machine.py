@@ -46,6 +46,19 @@ def _cpuinfo() -> tuple[str, set[str]]:
     return name, flags
 
 
+def l2_cache_bytes(default: int = 1 << 20) -> int:
+    """Size of one core's level-2 cache (Linux sysfs), else `default`."""
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            if (index / "level").read_text().strip() == "2":
+                size = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20}.get(size[-1:], 1)
+                return int(size.rstrip("KM")) * scale
+        except (OSError, ValueError):
+            continue
+    return default
+
+
 def _version(package: str) -> str | None:
     try:
         return importlib.metadata.version(package)

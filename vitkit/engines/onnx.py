@@ -7,11 +7,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..checkpoint import META_KEY, config_from_meta
 from ..errors import VitkitError
+from ..machine import l2_cache_bytes
 
 
 def onnxruntime():
@@ -26,11 +28,13 @@ def onnxruntime():
 class OnnxModel(nn.Module):
     """An exported file run by onnxruntime, with the model config and metadata the file carries."""
 
-    def __init__(self, path: str | Path, threads: int | None = None, split: bool = True):
+    def __init__(self, path: str | Path, threads: int | None = None, split: bool = True,
+                 run_images: int | None = None):
         """`split`: with 2+ threads, run slices of a batch concurrently, one intra-op thread each, instead
         of one run on all threads (7% faster on the int8 MNIST model at batch 32, benchmarks/int8.py:
         small matrices parallelise badly inside one operator, while a session runs concurrently
-        without the GIL)."""
+        without the GIL). `run_images`: at most this many images per session run (default
+        `images_per_run`, from the cache size)."""
         super().__init__()
         ort = onnxruntime()
         threads = threads or torch.get_num_threads()
@@ -48,6 +52,8 @@ class OnnxModel(nn.Module):
         self.meta: dict[str, Any] = json.loads(props[META_KEY])
         self.cfg = config_from_meta(self.meta)
         self.num_classes = self.cfg.num_classes
+        self.run_images = run_images
+        self._cache = l2_cache_bytes()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits on the device the images came from (onnxruntime's CPU provider runs on the CPU)."""
@@ -62,4 +68,21 @@ class OnnxModel(nn.Module):
         return self._run(x).to(device)
 
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"images": x.contiguous().numpy()})[0])
+        n = self.run_images or images_per_run(self.cfg, tuple(x.shape[-2:]), self._cache) or len(x)
+        outs = [self.session.run(None, {"images": x[i:i + n].contiguous().numpy()})[0] for i in range(0, len(x), n)]
+        return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
+
+
+def images_per_run(cfg: Any, img_size: tuple[int, int], cache_bytes: int) -> int | None:
+    """How many images one onnxruntime run should take: as many as keep one token activation tensor
+    ([images, tokens, D] in fp32) within a third of a core's L2 cache; None (the whole slice) for a CNN.
+
+    Larger runs spill each layer's activations out of the cache. On the 2-core AMX Xeon (2 MiB L2,
+    2026-12-07, docs/export.md) batch 32 ran, by images per run: int8 ViT-S/16 94 / 100 / 96 / 90 / 71 / 64
+    img/s at 1 / 2 / 3 / 4 / 8 / 16, its fp32 file 31 / 32 / 31 / 31 / 28 / 26, int8 ViT-B/16 36 / 33 / 31 / 30 /
+    28 / 27 (best at 1), the int8 MNIST model fastest at 16 (its activations are 8.7 KB an image). The
+    rule gives 2, 1 and 80 there; on CPUs with a smaller L2 (Zen 3: 512 KiB) it gives fewer, unmeasured."""
+    if not hasattr(cfg, "embed_dim") or not hasattr(cfg, "grid_size"):
+        return None
+    gh, gw = cfg.grid_size(img_size)
+    return max(1, cache_bytes // 3 // ((gh * gw + 1) * cfg.embed_dim * 4))
