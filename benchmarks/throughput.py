@@ -66,16 +66,18 @@ def build_vitkit(name: str) -> nn.Module:
     return create_model(name)
 
 
-def build_vitkit_onnx(name: str) -> nn.Module:
-    """The model as `vitkit export --format onnx` writes it and `vitkit eval` runs it (onnxruntime, fp32,
-    slices of the batch on concurrent one-thread sessions)."""
+def build_vitkit_onnx(name: str, int8: bool = False, whole: bool = False) -> nn.Module:
+    """The model as `vitkit export --format onnx` (`int8`: `--format int8`) writes it and `vitkit eval` runs
+    it on onnxruntime: slices of the batch on concurrent one-thread sessions, each slice in runs of as many
+    images as fit the cache (`whole`: each slice in one run, as before that rule)."""
     import tempfile
 
     from vitkit.engines.onnx import OnnxModel
-    from vitkit.export import export_onnx
+    from vitkit.export import export_int8, export_onnx
     with tempfile.TemporaryDirectory() as d:
-        export_onnx(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.onnx", check=False)
-        return OnnxModel(Path(d) / "w.onnx")  # the session holds the graph: the file may go
+        (export_int8 if int8 else export_onnx)(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.onnx",
+                                               check=False)
+        return OnnxModel(Path(d) / "w.onnx", run_images=1 << 30 if whole else None)  # the session holds the graph
 
 
 def build_vitkit_openvino(name: str, hint: str = "THROUGHPUT", precision: str = "fp32",
@@ -202,6 +204,9 @@ IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit_fp16": build_vitkit,       # --precision fp16 (the same, in fp16)
     "vitkit_compiled": build_vitkit,   # torch.compile (inference: with frozen weights)
     "vitkit_onnx": build_vitkit_onnx,  # inference only: the exported fp32 file on onnxruntime
+    "vitkit_onnx_whole": lambda n: build_vitkit_onnx(n, whole=True),  # ... each slice in one run
+    "vitkit_onnx_int8": lambda n: build_vitkit_onnx(n, int8=True),    # the int8 file on onnxruntime
+    "vitkit_onnx_int8_whole": lambda n: build_vitkit_onnx(n, int8=True, whole=True),
     "vitkit_openvino": lambda n: build_vitkit_openvino(n, "LATENCY"),  # inference only: the IR on OpenVINO
     "vitkit_openvino_throughput": build_vitkit_openvino,              # ... with the THROUGHPUT hint
     "vitkit_openvino_f32": lambda n: build_vitkit_openvino(n, "LATENCY", run_in="fp32"),  # f32 forced

@@ -20,7 +20,8 @@ evaluation's last partial batch, run on the dynamic compilation.
 A batch that divides evenly over the threads runs as that many slices at once, one OpenVINO stream of
 one thread each (`_Streams`), as the onnxruntime engine does: a small model's operators parallelise
 badly over threads, whole slices do not need to. On the 2-core AMX Xeon (docs/export.md) that ran
-batch 32 1.05-1.15x as fast as one request on both threads (MNIST int8 IR 1.06x, ViT-S/16 int8 1.08x).
+batch 32 1.01-1.16x as fast as one request on both threads (medians of 3 rounds, each engine in its own
+process: MNIST model int8 IR 1.16x, bf16 1.14x; ViT-S/16 bf16 1.08x, int8 1.01x).
 """
 
 from __future__ import annotations
