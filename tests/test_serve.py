@@ -376,9 +376,8 @@ def test_only_the_model_thread_runs_torch_kernels(tmp_path):
     assert after == before
 
 
-def test_images_are_decoded_beside_the_idle_model_and_a_bad_one_fails_only_its_request(run, monkeypatch):
-    """Decoding runs just before the batch, on the model thread (and its decoding helpers, while the model
-    waits for them), never on the event loop; an image that fails there (a truncated
+def test_images_are_decoded_on_the_model_thread_and_a_bad_one_fails_only_its_request(run, monkeypatch):
+    """Decoding runs just before the batch, on the model thread; an image that fails there (a truncated
     file passes the header check) gets its own 400 while the rest of its batch is answered. Small bodies
     are parsed on the event loop, large ones in a thread."""
     import vitkit.serve.app as served
@@ -430,7 +429,7 @@ def test_images_are_decoded_beside_the_idle_model_and_a_bad_one_fails_only_its_r
     for a, r in zip(alone, answered):
         assert_same_top(r.json()["predictions"][0]["top"], a["predictions"][0]["top"])
     assert sizes[:2] == [1, 4]  # the four good images ran together, without the truncated one
-    assert decoded_on and all(name.startswith(("vitkit-model", "vitkit-decode")) for name in decoded_on)
+    assert decoded_on and all(name.startswith("vitkit-model") for name in decoded_on)
     assert inline_hops == 0 and len(hops) == 1  # only the large body was parsed in a thread
 
 

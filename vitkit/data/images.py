@@ -23,9 +23,9 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 MAX_PIXELS = 64_000_000
 
 
-def _open(path: str | Path | BinaryIO, name: str, decode: bool) -> Image.Image | int:
-    """Open one image, refuse it above MAX_PIXELS, and decode it (if `decode`; else its pixel count, from
-    the header); PIL's errors become one line that names `name`."""
+def _open(path: str | Path | BinaryIO, name: str, decode: bool) -> Image.Image | None:
+    """Open one image, refuse it above MAX_PIXELS, and (if `decode`) decode it; PIL's errors become one
+    line that names `name`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -33,7 +33,7 @@ def _open(path: str | Path | BinaryIO, name: str, decode: bool) -> Image.Image |
                 if img.width * img.height > MAX_PIXELS:
                     raise VitkitError(f"{name}: {img.width}x{img.height} pixels exceeds the limit of {MAX_PIXELS:,}")
                 if not decode:
-                    return img.width * img.height
+                    return None
                 img.seek(0)
                 img = ImageOps.exif_transpose(img)
                 img.load()
@@ -46,17 +46,17 @@ def _open(path: str | Path | BinaryIO, name: str, decode: bool) -> Image.Image |
         raise VitkitError(f"{name}: cannot decode image ({e})") from None
 
 
-def check_image(path: str | Path | BinaryIO, name: str | None = None) -> int:
+def check_image(path: str | Path | BinaryIO, name: str | None = None) -> None:
     """What `load_image` refuses before decoding (not an image, too many pixels), from the file's header
     alone: a server answers those at once and decodes the rest where it suits it (serve/backend.py).
-    Errors only found by decoding (a truncated file) come from `load_image`. Returns the pixel count."""
-    return _open(path, name or str(path), decode=False)
+    Errors only found by decoding (a truncated file) come from `load_image`."""
+    _open(path, name or str(path), decode=False)
 
 
 def load_image(path: str | Path | BinaryIO, name: str | None = None) -> Image.Image:
     """Open, orient and normalise the mode of one image file (or open binary stream) to "L" or "RGB".
     Errors name `name` (default: the path)."""
-    return _to_8bit(_open(path, name or str(path), decode=True))  # type: ignore[arg-type]
+    return _to_8bit(_open(path, name or str(path), decode=True))
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,19 +19,11 @@ from ..errors import VitkitError
 from ..load import load
 
 
-# Below this many pixels in a batch, decoding is too short to share: a thread hand-off costs about as much.
-# The first version shared every batch, and with MNIST-size PNGs (32 x 784 pixels a batch) it served 10%
-# fewer images at 64 clients than before (int8 .onnx, AMX Xeon, 2026-12-07, docs/serving.md; that version
-# also waited the full --max-wait-ms for stragglers, batcher.REGROUP_SHARE); 224 x 224 JPEGs gain.
-PARALLEL_DECODE_PIXELS = 200_000
-
-
 @dataclass(frozen=True)
 class EncodedImage:
     """An image file as a request sent it, checked but not yet decoded."""
     data: bytes
     name: str
-    pixels: int  # width x height, from the header
 
 
 class Backend:
@@ -57,7 +48,6 @@ class Backend:
             raise VitkitError(f"model name {self.name!r}: use letters, digits, '_', '.' and '-' (it is part of URLs)")
         self.input_shape = [self.pre.in_chans, *self.pre.img_size]
         self.has_attention = hasattr(self.attention_model, "blocks") and hasattr(self.attention_model, "patch_embed")
-        self._decoders: ThreadPoolExecutor | None = None
 
     def describe(self) -> str:
         return (f"{self.name} ({self.meta.get('model_name', self.meta.get('arch', 'model'))}, {len(self.classes)} "
@@ -82,7 +72,8 @@ class Backend:
         line naming `name`, never a path on this disk) and kept encoded: `prepare` decodes it."""
         if not data:
             raise VitkitError(f"{name}: empty file (0 bytes)")
-        return EncodedImage(data, name, check_image(io.BytesIO(data), name))
+        check_image(io.BytesIO(data), name)
+        return EncodedImage(data, name)
 
     def prepare(self, x: torch.Tensor | list[EncodedImage]) -> torch.Tensor:
         """Model inputs of one request (`prepare_all` of one; its error raised)."""
@@ -93,41 +84,19 @@ class Backend:
 
     def prepare_all(self, requests: list[torch.Tensor | list[EncodedImage]]) -> list[torch.Tensor | Exception]:
         """Each request's model inputs, or the error that preparing it raised (that request's alone: e.g. a
-        truncated image, found only by decoding), on the model thread. An FP32 batch comes prepared; image
-        files are decoded and preprocessed as `vitkit predict` does it.
-
-        The files of a whole batch are decoded at once, split over the threads the model uses (it waits
-        meanwhile, so nothing runs beside it): the model thread decodes one share, helper threads that
-        run PIL and numpy only (never a torch kernel, batcher.py) the others. The preprocessing (torch)
-        follows on the model thread. Decoding in threads that run beside the model instead is slower
-        under load (docs/serving.md)."""
-        files = [f for r in requests if not torch.is_tensor(r) for f in r]
-        pixels = dict(zip(map(id, files), self._decode_files(files)))
+        truncated image, found only by decoding), on the model thread: an FP32 batch comes prepared; image
+        files are decoded and preprocessed as `vitkit predict` does it. Decoding here rather than in threads
+        of its own is faster under load: a decoding thread beside the model's OpenMP threads stalls them
+        (ViT-S/16 at 8 clients: 0.86-1.37x LitServe with decoding in threads, 1.13-1.26x here;
+        docs/serving.md). Sharing a batch's decoding with a helper thread while the model waited saved
+        4% of that wait (18.9 against 18.2 ms for 32 JPEGs of 224 x 224, AMX Xeon, 2026-12-07: PIL and
+        numpy hold the GIL for much of it), and was not kept."""
         out: list[torch.Tensor | Exception] = []
         for r in requests:
-            if torch.is_tensor(r):
-                out.append(r)
-                continue
             try:
-                out.append(torch.stack([self.pre.eval(_raise_if_error(pixels[id(f)])) for f in r]))
+                out.append(r if torch.is_tensor(r) else torch.stack([self._decode(f)[1] for f in r]))
             except Exception as e:  # noqa: BLE001 - that request's 400
                 out.append(e)
-        return out
-
-    def _decode_files(self, files: list[EncodedImage]) -> list[torch.Tensor | Exception]:
-        """Each file's uint8 [C, H, W] pixels or its decoding error; shares of the list on the helper threads
-        when there is enough to decode (PARALLEL_DECODE_PIXELS)."""
-        parts = min(len(files), torch.get_num_threads())
-        if parts < 2 or sum(f.pixels for f in files) < PARALLEL_DECODE_PIXELS:
-            return _pixels_or_errors(files, self.pre.in_chans)
-        if self._decoders is None:
-            self._decoders = ThreadPoolExecutor(parts - 1, thread_name_prefix="vitkit-decode")
-        shares = [files[i::parts] for i in range(parts)]
-        rest = [self._decoders.submit(_pixels_or_errors, share, self.pre.in_chans) for share in shares[1:]]
-        done = [_pixels_or_errors(shares[0], self.pre.in_chans)] + [f.result() for f in rest]
-        out: list[torch.Tensor | Exception] = [None] * len(files)  # type: ignore[list-item]
-        for i, share in enumerate(done):
-            out[i::parts] = share
         return out
 
     def _decode(self, image: EncodedImage) -> tuple[Image.Image, torch.Tensor]:
@@ -153,23 +122,6 @@ class Backend:
         buf = io.BytesIO()
         overlay_image(np.asarray(image), e.rollout).save(buf, format="PNG")
         return e, buf.getvalue()
-
-
-def _pixels_or_errors(files: list[EncodedImage], in_chans: int) -> list[torch.Tensor | Exception]:
-    """uint8 pixels of each file (PIL and numpy: no torch kernel, so any thread may run it), or its error."""
-    out: list[torch.Tensor | Exception] = []
-    for f in files:
-        try:
-            out.append(image_to_tensor(load_image(io.BytesIO(f.data), f.name), in_chans))
-        except Exception as e:  # noqa: BLE001 - e.g. a truncated image: that request's 400
-            out.append(e)
-    return out
-
-
-def _raise_if_error(x: torch.Tensor | Exception) -> torch.Tensor:
-    if isinstance(x, Exception):
-        raise x
-    return x
 
 
 def default_name(meta: dict, source: str | Path) -> str:

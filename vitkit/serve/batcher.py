@@ -37,8 +37,8 @@ import torch
 
 
 # Waiting for the last batch's callers costs at most this share of a batch's time: a model that answers a
-# batch in 2 ms (MNIST) should not idle 5 ms for stragglers (the first version did, and served 10% fewer
-# MNIST images at 64 clients; it also shared tiny decodes over threads, backend.PARALLEL_DECODE_PIXELS).
+# batch in 2 ms (MNIST) should not idle 5 ms for stragglers (a first version did, and served 10% fewer
+# MNIST images at 64 clients, together with a decoding change since reverted; docs/serving.md).
 REGROUP_SHARE = 0.25
 
 
