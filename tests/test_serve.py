@@ -295,17 +295,16 @@ def test_concurrent_requests_are_batched_and_get_their_own_answers(run):
     assert count - singles >= 1  # at least one batch of several requests
 
 
-def test_the_callers_of_the_last_batch_run_together_again_and_a_lone_caller_never_waits():
-    """After a batch of 3, a request that arrives alone waits (up to max_wait_ms, and a quarter of the last
-    batch's time) for the other two callers to send again, so the group keeps running as one batch; a
-    lone caller's next request runs at once."""
+def test_the_callers_of_the_last_batches_run_together_again_and_a_lone_caller_never_waits():
+    """A request waits (up to max_wait_ms, and a quarter of the last batch's time) for the callers of the
+    last two batches that have not sent again, so a group of clients keeps running as one batch, also
+    out of a rhythm of two halves; a lone caller's next request runs at once."""
     from vitkit.serve.batcher import REGROUP_SHARE, Batcher, ModelThread
     sizes = []
 
     def run(x):
         sizes.append(len(x))
-        if len(sizes) == 1:
-            time.sleep(0.2 / REGROUP_SHARE)  # the first batch takes long enough to wait 0.2 s after it
+        time.sleep(0.2 / REGROUP_SHARE if len(sizes) <= 3 else 0.001)  # the first batches: long enough to wait 0.2 s
         return x * 2
 
     async def scenario():
@@ -313,28 +312,32 @@ def test_the_callers_of_the_last_batch_run_together_again_and_a_lone_caller_neve
         batcher = Batcher(run, lambda xs: list(xs), thread, max_batch_size=8, max_wait_ms=2000)
         batcher.start()
         try:
-            one = lambda v: batcher.submit(torch.full((1, 2), float(v)), 1)  # noqa: E731
-            await asyncio.gather(one(1), one(2), one(3))        # arrive together: one batch of 3
+            def one(caller, v=1.0):
+                return batcher.submit(torch.full((1, 2), float(v)), 1, caller)
 
-            async def late(v):
+            async def late(caller, v=1.0):
                 await asyncio.sleep(0.1)
-                return await one(v)
-            first, *rest = await asyncio.gather(one(4), late(5), late(6))  # one now, two 0.1 s later
+                return await one(caller, v)
+            await asyncio.gather(one("a"), one("b"))           # a batch of a and b ...
+            await asyncio.gather(one("c"), one("d"))           # ... then one of c and d: two halves
+            await asyncio.gather(one("c"), one("d"), late("a"), late("b"))  # a and b 0.1 s late: all four together
+            first, *rest = await asyncio.gather(one("a", 4), late("b", 5), late("c", 6))
             t0 = time.perf_counter()
-            batcher.last_batch = 1  # a lone caller: its last batch held only its own request
-            await one(7)
+            batcher.recent.clear()
+            await one("z")                                     # a lone caller
+            await one("z")
             alone = time.perf_counter() - t0
-            batcher.last_batch, batcher.last_run = 3, 0.001  # a fast model: stragglers are not worth a wait
-            await asyncio.gather(one(8), late(9), late(10))
+            await asyncio.gather(one("a"), late("b"), late("c"))  # after a 1 ms batch: not worth a wait
             return first, rest, alone
         finally:
             await batcher.stop()
             thread.shutdown()
     first, rest, alone = asyncio.run(scenario())
-    assert sizes[:3] == [3, 3, 1]  # the late two joined the first instead of a batch of 1
-    assert sizes[3:] == [1, 2]  # after a 1 ms batch, the first request did not wait 0.1 s for the others
-    assert first[0].tolist() == [[8.0, 8.0]] and [r[0].tolist() for r in rest] == [[[10.0, 10.0]], [[12.0, 12.0]]]
-    assert alone < 1.0  # it did not wait for the 2 s max_wait_ms
+    assert sizes[:3] == [2, 2, 4]  # the two halves ran as one batch once the late pair had come
+    assert sizes[3] == 3 and first[0].tolist() == [[8.0, 8.0]]  # a waited 0.1 s for b and c
+    assert [r[0].tolist() for r in rest] == [[[10.0, 10.0]], [[12.0, 12.0]]]
+    assert sizes[4:6] == [1, 1] and alone < 1.0  # the lone caller never waited for the 2 s max_wait_ms
+    assert sizes[6:] == [1, 2]
 
 
 def _native_threads() -> int:

@@ -180,7 +180,7 @@ def _require(state: ServerState) -> None:
 
 async def _classify(request: Request, state: ServerState, x: torch.Tensor | list[torch.Tensor]) -> np.ndarray:
     """Logits of `x` (numpy: nothing but the model thread runs torch kernels)."""
-    out, batches = await state.batcher.submit(x, len(x))
+    out, batches = await state.batcher.submit(x, len(x), request.client and tuple(request.client))
     request.scope["vitkit.batch"] = batches
     return out
 

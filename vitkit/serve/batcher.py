@@ -4,11 +4,11 @@ Requests wait in a bounded queue; one worker runs the model off the event loop, 
 (the model already uses every core), so while a batch runs the next one gathers. When the worker is
 free it takes up to `max_batch_size` images at once. It waits up to `max_wait_ms` for more only while
 other requests are already being read or parsed (`arriving`), or, for at most a quarter of the last
-batch's run time, while fewer requests wait than the last batch answered (those callers are probably
-sending their next ones): a lone client never waits
-for company that is not coming, and a steady group of clients keeps running as one batch instead of
-splitting into alternating smaller ones (8 clients on ViT-S/16: batches of 1 and 7 or 4 and 4 took
-turns, whichever the first requests happened to form; docs/serving.md).
+batch's run time, while a caller (connection) that one of the last two batches answered has not sent
+again (it is probably sending its next request): a lone client never waits for company that is not
+coming, and a steady group of clients keeps running as one batch instead of splitting into
+alternating smaller ones (8 clients on ViT-S/16: batches of 1 and 7 or 4 and 4 took turns, whichever
+the first requests happened to form; docs/serving.md). A request without a caller is always new.
 
 Every torch computation of the server runs on that one thread (`ModelThread`), loading included:
 PyTorch's OpenMP pool belongs to the thread that starts it, and a second thread running parallel
@@ -30,7 +30,7 @@ import concurrent.futures
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import numpy as np
 import torch
@@ -68,6 +68,7 @@ class _Item:
     x: Any                 # what `prepare` turns into a batch of model inputs on the model thread
     n: int                 # images in it (what `prepare` must return)
     future: asyncio.Future
+    caller: Hashable = None  # the connection it came on; None: unknown
     batches: list[int] = field(default_factory=list)
 
 
@@ -83,7 +84,7 @@ class Batcher:
         self.max_queue, self.on_batch = max_queue, on_batch
         self.pending: deque[_Item] = deque()
         self.arriving = 0  # requests being read or decoded that will submit soon
-        self.last_batch = 0  # requests the last batch answered
+        self.recent: deque[set] = deque(maxlen=2)  # the callers each of the last two batches answered
         self.last_run = 0.0  # seconds it took
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
@@ -112,11 +113,12 @@ class Batcher:
         if self._wake is not None:
             self._wake.set()
 
-    async def submit(self, x: Any, n: int) -> tuple[np.ndarray, list[int]]:
-        """(outputs for the `n` images of `x` as a numpy array, the sizes of the batches they ran in)."""
+    async def submit(self, x: Any, n: int, caller: Hashable = None) -> tuple[np.ndarray, list[int]]:
+        """(outputs for the `n` images of `x` as a numpy array, the sizes of the batches they ran in);
+        `caller`: what identifies the client (its connection), for the wait described above."""
         if len(self.pending) >= self.max_queue:
             raise QueueFull(f"the queue is full ({self.max_queue} requests waiting)")
-        item = _Item(x, n, asyncio.get_running_loop().create_future())
+        item = _Item(x, n, asyncio.get_running_loop().create_future(), caller)
         self.pending.append(item)
         self._wake.set()
         return await item.future, item.batches
@@ -131,6 +133,11 @@ class Batcher:
             taken.append(self.pending.popleft())
             images += n
         return taken
+
+    def _expected(self) -> bool:
+        """Whether a caller of the last two batches has not sent again yet."""
+        waiting = {i.caller for i in self.pending}
+        return any(c not in waiting for callers in self.recent for c in callers)
 
     def _images(self) -> int:
         return sum(i.n for i in self.pending)
@@ -148,7 +155,7 @@ class Batcher:
                 now = loop.time()
                 if self.arriving and now < deadline:
                     until = deadline
-                elif len(self.pending) < self.last_batch and now < regroup_until:
+                elif now < regroup_until and self._expected():
                     until = regroup_until
                 else:
                     break
@@ -160,7 +167,8 @@ class Batcher:
             items = self._take()
             if not items:
                 continue
-            self.last_batch, t0 = len(items), loop.time()
+            self.recent.append({i.caller for i in items if i.caller is not None})
+            t0 = loop.time()
             try:
                 outs = await self.thread.call(self._run_items, items)
             except Exception as e:  # noqa: BLE001 - a model failure goes to every caller of this batch
