@@ -19,7 +19,8 @@ For each model (`mnist`: a trained MNIST run; `s16`: ViT-S/16 with random weight
   many connections busy for --seconds, each request one encoded image as base64 JSON (the open
   inference protocol's BYTES tensor for vitkit, `{"image": ...}` for LitServe), after a warm-up.
 
-Reported per row: requests (= images) per second, p50 / p99 latency, the share of the machine's CPU
+Reported per row: requests (= images) per second (and for vitkit, per round, how many batches of each
+size range ran: the rhythm that run fell into), p50 / p99 latency, the share of the machine's CPU
 the load generator used (it shares the cores with the server), the fraction of the offline limit, the
 ratio to LitServe at the same client count (medians over rounds; ratios as the median and range of
 the per-round ratios), and at 1 client the per-request overhead (p50 minus the
@@ -227,6 +228,24 @@ def wrk(url: str, path: str, script: Path, clients: int, seconds: float) -> dict
             "socket_errors": errors.group(0) if errors else "", "loadgen_cpu_share": cpu}
 
 
+def batch_sizes(url: str) -> dict[str, float]:
+    """vitkit's batch-size histogram (cumulative bucket counts by upper bound) from its /metrics."""
+    import httpx
+    text = httpx.get(url + "/metrics", timeout=10).text
+    return {le: float(n) for le, n in re.findall(r'^vitkit_batch_size_bucket\{le="([^"]+)"\} (\S+)', text, re.M)}
+
+
+def batches_between(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """How many batches of each size range ran between two histograms ("<=8": sizes 5-8 after a bound of 4)."""
+    out, below = {}, 0.0
+    for le in after:
+        cumulative = after[le] - before.get(le, 0.0)
+        if cumulative - below:
+            out[f"<={le}"] = int(cumulative - below)
+        below = cumulative
+    return out
+
+
 def spread(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -257,10 +276,13 @@ def measure(key: str, backend: str, source: Path, runtime: str, images: list[byt
                 try:
                     wrk(url, path, script, 8, 2)  # warm-up
                     for c in clients:
+                        before = batch_sizes(url) if server.startswith("vitkit") else None
                         res = wrk(url, path, script, c, args.seconds)
+                        if before is not None:  # the rhythm of batches this run fell into
+                            res["batches"] = batches_between(before, batch_sizes(url))
                         runs[server, c].append(res)
-                        print(f"  {server} {c} clients: {res['req_s']:.1f} req/s, p50 {res['p50_ms']:.1f} ms",
-                              file=sys.stderr, flush=True)
+                        print(f"  {server} {c} clients: {res['req_s']:.1f} req/s, p50 {res['p50_ms']:.1f} ms"
+                              + (f", batches {res['batches']}" if "batches" in res else ""), file=sys.stderr, flush=True)
                         if res["non_2xx"] or res["socket_errors"]:
                             print(f"WARNING: {server} answered {res['non_2xx']} requests with errors "
                                   f"({res['socket_errors']}): its figures do not count", file=sys.stderr)
@@ -276,6 +298,7 @@ def measure(key: str, backend: str, source: Path, runtime: str, images: list[byt
                "non_2xx": sum(x["non_2xx"] for x in rs),
                "socket_errors": [x["socket_errors"] for x in rs if x["socket_errors"]],
                "req_s_per_round": [x["req_s"] for x in rs],
+               "batches_per_round": [x.get("batches") for x in rs],
                "offline_img_s": statistics.median(lim for lim, _ in limits),
                "offline_b1_ms": statistics.median(b1 for _, b1 in limits),
                "of_limit": spread([x["req_s"] / lim for x, (lim, _) in zip(rs, limits)])}
