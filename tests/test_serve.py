@@ -309,7 +309,7 @@ def test_the_callers_of_the_last_batches_run_together_again_and_a_lone_caller_ne
 
     async def scenario():
         thread = ModelThread()
-        batcher = Batcher(run, lambda xs: list(xs), thread, max_batch_size=8, max_wait_ms=2000)
+        batcher = Batcher(run, lambda x: x, thread, max_batch_size=8, max_wait_ms=2000)
         batcher.start()
         try:
             def one(caller, v=1.0):

@@ -39,6 +39,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -187,8 +188,6 @@ class _Streams:
         self.requests = [compiled.create_infer_request() for _ in range(parts)]
 
     def __call__(self, x: Any) -> list[Any]:
-        import numpy as np
-
         for request, part in zip(self.requests, np.split(x, self.parts)):  # views of a C-contiguous batch
             request.start_async({0: part}, share_inputs=True)
         for request in self.requests:

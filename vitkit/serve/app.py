@@ -97,7 +97,7 @@ class ServerState:
         self.backend, self.thread, self.max_body = backend, thread, int(max_body_mb * 1024 * 1024)
         self.threads = threads  # the model thread's intra-op threads
         self.metrics = Metrics(lambda: self.batcher.depth)
-        self.batcher = Batcher(backend.run, backend.prepare_all, thread, max_batch_size, max_wait_ms, max_queue,
+        self.batcher = Batcher(backend.run, backend.prepare, thread, max_batch_size, max_wait_ms, max_queue,
                                self.metrics.batch)
         self.ready = threading.Event()
 

@@ -76,28 +76,17 @@ class Backend:
         return EncodedImage(data, name)
 
     def prepare(self, x: torch.Tensor | list[EncodedImage]) -> torch.Tensor:
-        """Model inputs of one request (`prepare_all` of one; its error raised)."""
-        out = self.prepare_all([x])[0]
-        if isinstance(out, Exception):
-            raise out
-        return out
-
-    def prepare_all(self, requests: list[torch.Tensor | list[EncodedImage]]) -> list[torch.Tensor | Exception]:
-        """Each request's model inputs, or the error that preparing it raised (that request's alone: e.g. a
-        truncated image, found only by decoding), on the model thread: an FP32 batch comes prepared; image
-        files are decoded and preprocessed as `vitkit predict` does it. Decoding here rather than in threads
-        of its own is faster under load: a decoding thread beside the model's OpenMP threads stalls them
-        (ViT-S/16 at 8 clients: 0.86-1.37x LitServe with decoding in threads, 1.13-1.26x here;
-        docs/serving.md). Sharing a batch's decoding with a helper thread while the model waited saved
-        4% of that wait (18.9 against 18.2 ms for 32 JPEGs of 224 x 224, AMX Xeon, 2026-12-07: PIL and
-        numpy hold the GIL for much of it), and was not kept."""
-        out: list[torch.Tensor | Exception] = []
-        for r in requests:
-            try:
-                out.append(r if torch.is_tensor(r) else torch.stack([self._decode(f)[1] for f in r]))
-            except Exception as e:  # noqa: BLE001 - that request's 400
-                out.append(e)
-        return out
+        """Model inputs, on the model thread: an FP32 batch comes prepared; image files are decoded and
+        preprocessed as `vitkit predict` does it (errors found only by decoding, e.g. a truncated file,
+        fail that request alone). Decoding here rather than in threads of its own is faster under load:
+        a decoding thread beside the model's OpenMP threads stalls them (ViT-S/16 at 8 clients:
+        0.86-1.37x LitServe with decoding in threads, 1.13-1.26x here; docs/serving.md). Sharing a
+        batch's decoding with a helper thread while the model waited saved 4% of that wait (18.9 against
+        18.2 ms for 32 JPEGs of 224 x 224, AMX Xeon, 2026-12-07: PIL and numpy hold the GIL for much of
+        it), and was not kept."""
+        if torch.is_tensor(x):
+            return x
+        return torch.stack([self._decode(i)[1] for i in x])
 
     def _decode(self, image: EncodedImage) -> tuple[Image.Image, torch.Tensor]:
         """The decoded image and its preprocessed [C, H, W] model input."""

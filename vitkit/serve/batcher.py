@@ -73,8 +73,7 @@ class _Item:
 
 
 class Batcher:
-    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor],
-                 prepare: Callable[[list[Any]], list[torch.Tensor | Exception]],
+    def __init__(self, run: Callable[[torch.Tensor], torch.Tensor], prepare: Callable[[Any], torch.Tensor],
                  thread: ModelThread, max_batch_size: int = 32, max_wait_ms: float = 5.0, max_queue: int = 256,
                  on_batch: Callable[[int, float], None] | None = None):
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
@@ -186,7 +185,12 @@ class Batcher:
 
     def _run_items(self, items: list[_Item]) -> list[np.ndarray | Exception]:
         """Each request's outputs, or the error that preparing its inputs raised (its alone)."""
-        inputs = self.prepare([i.x for i in items])
+        inputs: list[torch.Tensor | Exception] = []
+        for i in items:
+            try:
+                inputs.append(self.prepare(i.x))
+            except Exception as e:  # noqa: BLE001 - e.g. a truncated image: that caller's 400
+                inputs.append(e)
         good = [(i, x) for i, x in zip(items, inputs) if not isinstance(x, Exception)]
         if not good:
             return inputs
