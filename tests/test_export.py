@@ -65,6 +65,39 @@ def test_onnx_model_runs_cache_sized_slices_with_the_same_logits(tmp_path, monke
     assert torch.allclose(sliced(x), whole(x), atol=1e-5)
     assert runs == [3, 3, 1]
 
+def test_onnx_model_runs_early_images_while_later_ones_are_still_coming(tmp_path, monkeypatch):
+    """A server hands its batch over image by image as it decodes them: the other thread runs the first
+    images meanwhile, and the logits are those of one batch, in order."""
+    import threading
+    from vitkit.engines.onnx import OnnxModel
+    torch.manual_seed(0)
+    model = create_model("vit_digits_patch4_8", img_size=16)
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    save_weights(tmp_path / "w.safetensors", model, model_meta(model))
+    export_onnx(tmp_path / "w.safetensors", tmp_path / "m.onnx")
+    streamed, whole = OnnxModel(tmp_path / "m.onnx", threads=2, run_images=2), OnnxModel(tmp_path / "m.onnx", threads=1)
+    runs, started = [], threading.Event()
+    real = streamed.session.run
+
+    def recorded(out, feed):
+        runs.append((threading.current_thread().name, len(feed["images"])))
+        started.set()
+        return real(out, feed)
+    monkeypatch.setattr(streamed.session, "run", recorded, raising=False)
+    x = torch.randn(7, 1, 16, 16)
+
+    def pieces():
+        for k in range(len(x)):
+            if k == 4:
+                assert started.wait(30)  # a run began before the fifth image existed
+            yield x[k:k + 1]
+    assert torch.allclose(streamed.run_pieces(pieces(), len(x)), whole(x), atol=1e-5)
+    assert sorted(n for _, n in runs) == [1, 2, 2, 2]
+    assert runs[0][0].startswith("vitkit-onnx")  # the helper thread, while this one still produced images
+    assert streamed.run_pieces(iter([]), 4).shape == (0, model.num_classes)
+    assert torch.allclose(streamed(x), whole(x), atol=1e-5)  # a whole batch goes the same way
+
+
 def test_export_command(tmp_path, capsys):
     model = create_model("vit_digits_patch4_8")
     save_weights(tmp_path / "w.safetensors", model, model_meta(model))

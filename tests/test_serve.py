@@ -272,6 +272,27 @@ def test_an_exported_onnx_file_is_served_with_the_same_answers(run, tmp_path):
         assert a["model"] == b["model"] == NAME  # the name the file records, not its path
         assert_same_top(a["predictions"][0]["top"], b["predictions"][0]["top"], tol=1e-4)
 
+    # onnxruntime takes a batch image by image while the model thread decodes (batcher._run_streamed):
+    # concurrent requests, one of them a truncated file, get what they get one at a time
+    backend = Backend(tmp_path / "m.onnx")
+    assert backend.streams
+    many = [digit_png(i) for i in range(6)]
+    png = {"content-type": "image/png"}
+
+    async def alone_then_together(client):
+        alone = [(await client.post("/predict", content=im, headers=png)).json() for im in many]
+        together = await asyncio.gather(*(client.post("/predict", content=im, headers=png)
+                                          for im in [*many[:3], many[3][:len(many[3]) // 2], *many[3:]]))
+        return alone, together, (await client.get("/metrics")).text
+    alone, together, metrics = in_process(create_app(backend, max_wait_ms=200), alone_then_together)
+    *answered, = together[:3] + together[4:]
+    assert together[3].status_code == 400 and "cannot decode image" in together[3].json()["error"]
+    for a, r in zip(alone, answered):
+        assert r.status_code == 200
+        assert_same_top(r.json()["predictions"][0]["top"], a["predictions"][0]["top"], tol=1e-5)
+    assert float(re.search(r"^vitkit_batch_size_sum (\S+)", metrics, re.M).group(1)) == 12  # the bad one never ran
+    assert float(re.search(r"^vitkit_batch_size_count (\S+)", metrics, re.M).group(1)) < 12  # batched
+
 
 # --- batching and back-pressure ---------------------------------------------------------------------------
 def test_concurrent_requests_are_batched_and_get_their_own_answers(run):

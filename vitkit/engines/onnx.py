@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import queue
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ class OnnxModel(nn.Module):
 
     def __init__(self, path: str | Path, threads: int | None = None, split: bool = True,
                  run_images: int | None = None):
-        """`split`: with 2+ threads, run slices of a batch concurrently, one intra-op thread each, instead
+        """`split`: with 2+ threads, run parts of a batch concurrently, one intra-op thread each, instead
         of one run on all threads (7% faster on the int8 MNIST model at batch 32, benchmarks/int8.py:
         small matrices parallelise badly inside one operator, while a session runs concurrently
         without the GIL). `run_images`: at most this many images per session run (default
@@ -57,20 +59,71 @@ class OnnxModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits on the device the images came from (onnxruntime's CPU provider runs on the CPU)."""
-        device = x.device
-        x = x.detach().float().cpu().contiguous()
-        if self.parts > 1 and len(x) > 1:
-            slices = x.tensor_split(min(self.parts, len(x)))
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(self.parts - 1, thread_name_prefix="vitkit-onnx")
-            rest = [self._pool.submit(self._run, s) for s in slices[1:]]
-            return torch.cat([self._run(slices[0])] + [f.result() for f in rest]).to(device)
-        return self._run(x).to(device)
+        return self.run_pieces(iter([x.detach().float().cpu()]), len(x)).to(x.device)
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
-        n = self.run_images or images_per_run(self.cfg, tuple(x.shape[-2:]), self._cache) or len(x)
-        outs = [self.session.run(None, {"images": x[i:i + n].contiguous().numpy()})[0] for i in range(0, len(x), n)]
+    def run_pieces(self, pieces: Iterator[torch.Tensor], total: int) -> torch.Tensor:
+        """Logits of the images `pieces` yields (about `total` in all), in order. The images go out in runs
+        (`run_size`) to a queue that every thread of this model drains, the caller's too once `pieces` is
+        exhausted: runs start on the other threads while the caller still produces pieces (a server
+        decoding its requests: the second core no longer idles meanwhile), and a thread that the OS
+        interrupts takes fewer runs instead of holding the others up at the end of a fixed slice."""
+        first = next(pieces, None)
+        if first is None:
+            return torch.empty(0, self.num_classes)
+        size = self.run_size(total, tuple(first.shape[-2:]))
+        if self.parts == 1 or total <= size:  # the caller alone: no hand-over
+            return self._run_all(torch.cat([first, *pieces]), size)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.parts - 1, thread_name_prefix="vitkit-onnx")
+        jobs: queue.SimpleQueue = queue.SimpleQueue()
+        outs: dict[int, np.ndarray] = {}
+        helpers = [self._pool.submit(self._drain, jobs, outs) for _ in range(self.parts - 1)]
+        try:
+            count = 0
+            for x in _runs(itertools.chain([first], pieces), size):
+                jobs.put((count, x))
+                count += 1
+        finally:
+            jobs.put(None)  # the end: every drainer passes it on and stops
+        self._drain(jobs, outs)
+        for h in helpers:
+            h.result()
+        return torch.from_numpy(np.concatenate([outs[k] for k in range(count)]))
+
+    def run_size(self, total: int, img_size: tuple[int, int]) -> int:
+        """Images per session run for a batch of `total`: `run_images`, else what fits the cache
+        (`images_per_run`), and never more than an equal share of the threads."""
+        size = self.run_images or images_per_run(self.cfg, img_size, self._cache) or total
+        return max(1, min(size, -(-total // self.parts)))
+
+    def _run_all(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        outs = [self._session_run(x[i:i + size]) for i in range(0, len(x), size)]
         return torch.from_numpy(outs[0] if len(outs) == 1 else np.concatenate(outs))
+
+    def _session_run(self, x: torch.Tensor) -> np.ndarray:
+        return self.session.run(None, {"images": x.contiguous().numpy()})[0]
+
+    def _drain(self, jobs: queue.SimpleQueue, outs: dict[int, np.ndarray]) -> None:
+        while (job := jobs.get()) is not None:
+            outs[job[0]] = self._session_run(job[1])
+        jobs.put(None)
+
+
+def _runs(pieces: Iterator[torch.Tensor], size: int) -> Iterator[torch.Tensor]:
+    """The images of `pieces`, regrouped into tensors of `size` (the last one may be smaller)."""
+    held: list[torch.Tensor] = []
+    count = 0
+    for piece in pieces:
+        while len(piece):
+            take = piece[:size - count]
+            held.append(take)
+            count += len(take)
+            piece = piece[len(take):]
+            if count == size:
+                yield held[0] if len(held) == 1 else torch.cat(held)
+                held, count = [], 0
+    if held:
+        yield torch.cat(held)
 
 
 def images_per_run(cfg: Any, img_size: tuple[int, int], cache_bytes: int) -> int | None:

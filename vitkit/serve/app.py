@@ -98,7 +98,7 @@ class ServerState:
         self.threads = threads  # the model thread's intra-op threads
         self.metrics = Metrics(lambda: self.batcher.depth)
         self.batcher = Batcher(backend.run, backend.prepare, thread, max_batch_size, max_wait_ms, max_queue,
-                               self.metrics.batch)
+                               self.metrics.batch, backend.run_pieces if backend.streams else None)
         self.ready = threading.Event()
 
 
@@ -122,6 +122,11 @@ def create_app(source: str | Path | Backend, name: str | None = None, *, device:
                                                                          runtime)
         state = ServerState(backend, thread, max_batch_size, max_wait_ms, max_queue, max_body_mb,
                             thread.run(torch.get_num_threads))
+        if backend.streams:
+            # its runtime's threads run beside the decoding (Batcher._run_streamed): a torch thread team
+            # preprocessing there contends with them (ViT-S/16 int8 at 64 clients: 0.87x LitServe with
+            # torch on 2 threads, 1.06x on 1; docs/serving.md)
+            thread.run(torch.set_num_threads, 1)
     except BaseException:
         thread.shutdown()
         raise

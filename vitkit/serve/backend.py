@@ -7,6 +7,7 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -57,6 +58,18 @@ class Backend:
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (float32, on the CPU) of a batch of prepared images."""
         return self.model(x.to(self.device)).float().cpu()
+
+    @property
+    def streams(self) -> bool:
+        """Whether the model takes its batch image by image (`run_pieces`), running early images while
+        later ones are still being decoded."""
+        return hasattr(self.model, "run_pieces")
+
+    @torch.inference_mode()
+    def run_pieces(self, pieces: Iterator[torch.Tensor], total: int) -> torch.Tensor:
+        """Logits (float32) of the prepared images `pieces` yields, about `total` in all (a model that
+        `streams`)."""
+        return self.model.run_pieces(pieces, total).float()
 
     def warm_up(self, max_batch_size: int = 2) -> None:
         """The first calls pay for kernel selection and allocation: pay them before `ready`. An OpenVINO

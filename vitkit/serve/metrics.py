@@ -22,7 +22,7 @@ class Metrics:
                                  "response", ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("vitkit_batch_size", "images per forward pass", buckets=BATCH_BUCKETS,
                                     registry=r)
-        self.inference = Histogram("vitkit_inference_seconds", "time of one forward pass", buckets=LATENCY_BUCKETS,
+        self.inference = Histogram("vitkit_inference_seconds", "time of one forward pass (a model that takes its batch image by image: with the decoding it overlaps)", buckets=LATENCY_BUCKETS,
                                    registry=r)
         self.images = Counter("vitkit_images", "images classified", registry=r)
         Gauge("vitkit_queue_depth", "requests waiting for the model", registry=r).set_function(queue_depth)
