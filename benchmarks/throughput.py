@@ -81,20 +81,23 @@ def build_vitkit_onnx(name: str, int8: bool = False, whole: bool = False) -> nn.
 
 
 def build_vitkit_openvino(name: str, hint: str = "THROUGHPUT", precision: str = "fp32",
-                          run_in: str = "openvino", static_shapes: bool = True, split: bool = True) -> nn.Module:
+                          run_in: str = "openvino", static_shapes: bool = True, split: bool = True,
+                          int8_scheme: str = "auto") -> nn.Module:
     """The IR `vitkit export --format openvino` writes, compiled by OpenVINO with its own precision choice
     (`run_in="openvino"`: bf16 on every CPU with AVX512-BF16; "fp32" forces f32) and the given
     performance hint; `static_shapes=False`: one dynamic-shape compilation only (what vitkit's engine
     adds over it: a static compilation for a shape that comes back); `split=False`: a batch on one stream of
     every thread instead of one slice per thread on its own stream (vitkit's default). int8: NNCF post-training
-    quantisation calibrated on 64 images of the built-in synthetic set (random weights: speed only)."""
+    quantisation calibrated on 64 images of the built-in synthetic set (random weights: speed only), in
+    `int8_scheme` (default auto, as `vitkit export` writes it: the faster of fast and mlp here)."""
     import tempfile
 
     from vitkit.engines.openvino import OpenVINOModel
     from vitkit.export import export_openvino
     with tempfile.TemporaryDirectory() as d:
         export_openvino(random_checkpoint(name, Path(d) / "w.safetensors"), Path(d) / "w.xml", precision,
-                        check=False, data="synthetic" if precision == "int8" else None, calibration_count=64)
+                        check=False, data="synthetic" if precision == "int8" else None, calibration_count=64,
+                        int8_scheme=int8_scheme)
         return OpenVINOModel(Path(d) / "w.xml", precision=run_in, hint=hint,  # compiled: the files may go
                              static_shapes=static_shapes, split=split)
 
@@ -211,6 +214,8 @@ IMPLS: dict[str, Callable[[str], nn.Module]] = {
     "vitkit_openvino_throughput": build_vitkit_openvino,              # ... with the THROUGHPUT hint
     "vitkit_openvino_f32": lambda n: build_vitkit_openvino(n, "LATENCY", run_in="fp32"),  # f32 forced
     "vitkit_openvino_int8": lambda n: build_vitkit_openvino(n, "LATENCY", "int8"),  # --precision int8 IR
+    "vitkit_openvino_int8_fast": lambda n: build_vitkit_openvino(n, "LATENCY", "int8", int8_scheme="fast"),
+    "vitkit_openvino_int8_mlp": lambda n: build_vitkit_openvino(n, "LATENCY", "int8", int8_scheme="mlp"),
     "vitkit_openvino_int8_throughput": lambda n: build_vitkit_openvino(n, "THROUGHPUT", "int8"),
     "vitkit_openvino_dynamic": lambda n: build_vitkit_openvino(n, "LATENCY", static_shapes=False),
     "vitkit_openvino_int8_dynamic": lambda n: build_vitkit_openvino(n, "LATENCY", "int8", static_shapes=False),

@@ -217,7 +217,9 @@ OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 # (in-process round-robin, 2026-12-07, docs/export.md); on the MNIST model both lost nothing (98.99% ->
 # 99.01% and 98.99%). `vitkit export` writes "fast" and falls back to "accurate" where "fast" loses
 # more than --max-accuracy-drop on --data (cli/export.py).
-INT8_SCHEMES = ("fast", "accurate")
+INT8_SCHEMES = ("auto", "fast", "mlp", "accurate")
+# auto: both of these quantised, the one that runs faster on this machine written (`_faster_here`)
+SPEED_CANDIDATES = ("fast", "mlp")
 
 
 def calibration_images(data: str, meta: dict[str, Any], count: int = 300, seed: int = 0) -> list[torch.Tensor]:
@@ -253,22 +255,51 @@ def _quantize_ir(ir: Any, images: list[torch.Tensor], scheme: str) -> Any:
         raise VitkitError("int8 OpenVINO files need NNCF: pip install 'vitkit[openvino]'") from None
     logging.getLogger("nncf").setLevel(logging.ERROR)  # its progress notes; vitkit prints the outcome
     settings: dict[str, Any] = {}
-    if scheme == "fast":
+    if scheme in ("fast", "mlp"):
         no_smoothing = AdvancedSmoothQuantParameters(matmul=-1)  # NNCF's way to switch SmoothQuant off
         settings = {"preset": nncf.QuantizationPreset.PERFORMANCE,
                     "advanced_parameters": AdvancedQuantizationParameters(smooth_quant_alphas=no_smoothing)}
+    if scheme == "mlp":  # the ONNX graph names its nodes after vitkit's modules: /blocks.N/attn/..., /head/...
+        settings["ignored_scope"] = nncf.IgnoredScope(patterns=[r".*/attn/.*", r".*/head/.*"], validate=False)
     dataset = nncf.Dataset([x.numpy() for x in images])
     return nncf.quantize(ir, dataset, subset_size=len(images), model_type=nncf.ModelType.TRANSFORMER, **settings)
 
 
+def _faster_here(files: dict[str, Path], image_shape: tuple[int, ...], batch: int = 32,
+                 rounds: int = 5) -> dict[str, float]:
+    """Images per second of each IR at `batch`, as vitkit's engine runs it here (median of `rounds` turns
+    taken in alternation: speed drifts within minutes). Which layers pay to run in int8 depends on the
+    model's width and the CPU: on the AMX Xeon (2026-12-07, docs/export.md) the MNIST model (width 128)
+    ran 1.12x bf16 with its MLPs alone in int8 and 1.03x with every projection in int8, ViT-S/16 1.13x
+    and 1.26x."""
+    import statistics
+    import time
+
+    from .engines.openvino import OpenVINOModel
+
+    models = {k: OpenVINOModel(f) for k, f in files.items()}
+    x = torch.randn(batch, *image_shape)
+    rates: dict[str, list[float]] = {k: [] for k in models}
+    for _ in range(rounds):
+        for k, m in models.items():
+            m(x), m(x)  # the second call compiles this batch shape (static shapes), then it is warm
+            count, t0 = 0, time.perf_counter()
+            while count < 2 or time.perf_counter() - t0 < 0.3:
+                m(x)
+                count += 1
+            rates[k].append(count * batch / (time.perf_counter() - t0))
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
 def export_openvino(checkpoint: str | Path, out: str | Path, precision: str = "fp32", opset: int = 17,
                     check: bool = True, data: str | None = None, calibration_count: int = 300,
-                    dynamic_size: bool = False, int8_scheme: str = "fast") -> dict:
+                    dynamic_size: bool = False, int8_scheme: str = "auto") -> dict:
     """Write an OpenVINO IR (`out` .xml and its .bin) converted from vitkit's ONNX graph, with vitkit's
     metadata (preprocessing, classes, the machine) in its rt_info. The weights stay fp32; `precision` is
     stored: fp32 files run in vitkit's automatic precision where they run, bf16 ones always in bf16
     (OpenVINO casts the weights when it compiles for bf16); int8 quantises with NNCF (`int8_scheme`,
-    INT8_SCHEMES), calibrated on `calibration_count` training images of `data`. The check compares OpenVINO
+    INT8_SCHEMES; auto: fast and mlp both, and the file gets the one that runs a batch of 32 faster on
+    this machine), calibrated on `calibration_count` training images of `data`. The check compares OpenVINO
     forced to f32 with PyTorch (fails above 1e-4); for int8 it reports the largest difference and the
     top-1 agreement on random input. `dynamic_size` as for `export_onnx` (int8: calibrated at the
     checkpoint's size)."""
@@ -291,28 +322,39 @@ def export_openvino(checkpoint: str | Path, out: str | Path, precision: str = "f
     model, meta = _load_source(checkpoint, dynamic_size)
     images = calibration_images(data, meta, calibration_count) if precision == "int8" else []
     meta = {**meta, "dynamic_size": dynamic_size, "machine": describe(), "openvino_precision": precision}
-    if images:
-        meta["quantization"] = (f"static int8 (NNCF post-training, {int8_scheme} scheme), calibrated on "
-                                f"{len(images)} images of {data}")
-        meta["int8_scheme"] = int8_scheme
+    schemes = (SPEED_CANDIDATES if int8_scheme == "auto" else (int8_scheme,)) if images else (None,)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.stem}.", dir=out.parent))
+    speed: dict[str, float] = {}
     try:
         _write_onnx(model, meta, str(work / "model.onnx"), opset, dynamic_size)
-        ir = ov.convert_model(str(work / "model.onnx"))
-        if images:
-            ir = _quantize_ir(ir, images, int8_scheme)
-        ir.set_rt_info(json.dumps(meta), RT_INFO)
-        ov.save_model(ir, str(work / out.name), compress_to_fp16=False)
-        bin_name = out.with_suffix(".bin").name
-        for name in (bin_name, out.name):  # the weights first: an .xml in place always has its .bin
-            os.replace(work / name, out.parent / name)
+        written = {}
+        for scheme in schemes:
+            ir, file_meta = ov.convert_model(str(work / "model.onnx")), meta
+            if scheme:
+                ir = _quantize_ir(ir, images, scheme)
+                file_meta = {**meta, "int8_scheme": scheme, "quantization": (
+                    f"static int8 (NNCF post-training, {scheme} scheme{', the faster here' if len(schemes) > 1 else ''}), "
+                    f"calibrated on {len(images)} images of {data}")}
+            ir.set_rt_info(json.dumps(file_meta), RT_INFO)
+            (work / (scheme or "ir")).mkdir()
+            written[scheme] = work / (scheme or "ir") / out.name
+            ov.save_model(ir, str(written[scheme]), compress_to_fp16=False)
+        chosen = schemes[0]
+        if len(written) > 1:
+            pre = meta["preprocess"]  # calibration needed it: it is there
+            speed = _faster_here(written, (pre["in_chans"], *pre["img_size"]))
+            chosen = max(speed, key=speed.get)
+        for name in (out.with_suffix(".bin").name, out.name):  # the weights first: an .xml in place always has its .bin
+            os.replace(written[chosen].parent / name, out.parent / name)
         fsync_dir(out.parent)
     except OSError as e:
         raise VitkitError(f"could not write {out}: {e.strerror or e}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = _describe(model, out, opset, dynamic_size)
+    if images:
+        result["int8_scheme"], result["int8_speed"] = chosen, speed
     if check:
         compiled = OpenVINOModel(out, precision="fp32")
         got, want = [], []
