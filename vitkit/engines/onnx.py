@@ -88,6 +88,8 @@ class OnnxModel(nn.Module):
         self._drain(jobs, outs)
         for h in helpers:
             h.result()
+        if not count:  # pieces without images
+            return torch.empty(0, self.num_classes)
         return torch.from_numpy(np.concatenate([outs[k] for k in range(count)]))
 
     def run_size(self, total: int, img_size: tuple[int, int]) -> int:
