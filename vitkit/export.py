@@ -215,8 +215,9 @@ OPENVINO_PRECISIONS = ("fp32", "bf16", "int8")
 # outlier channels of the activations into the weights), which cost time where bf16 is fast: on a Xeon
 # with AMX, ViT-S/16 at batch 32 ran at 1.22x the bf16 file with "fast" against 1.03x with "accurate"
 # (in-process round-robin, 2026-12-07, docs/export.md); on the MNIST model both lost nothing (98.99% ->
-# 99.01% and 98.99%). `vitkit export` writes "fast" and falls back to "accurate" where "fast" loses
-# more than --max-accuracy-drop on --data (cli/export.py).
+# 99.01% and 98.99%). "mlp": "fast" for the MLP layers alone (attention and head in floating point),
+# faster for narrow models. `vitkit export` (auto) writes the faster of "fast" and "mlp" here and falls
+# back to "accurate" where that loses more than --max-accuracy-drop on --data (cli/export.py).
 INT8_SCHEMES = ("auto", "fast", "mlp", "accurate")
 # auto: both of these quantised, the one that runs faster on this machine written (`_faster_here`)
 SPEED_CANDIDATES = ("fast", "mlp")
@@ -279,10 +280,11 @@ def _faster_here(files: dict[str, Path], image_shape: tuple[int, ...], batch: in
 
     models = {k: OpenVINOModel(f) for k, f in files.items()}
     x = torch.randn(batch, *image_shape)
+    for m in models.values():
+        m(x), m(x)  # the second call compiles this batch shape (static shapes), then it is warm
     rates: dict[str, list[float]] = {k: [] for k in models}
     for _ in range(rounds):
         for k, m in models.items():
-            m(x), m(x)  # the second call compiles this batch shape (static shapes), then it is warm
             count, t0 = 0, time.perf_counter()
             while count < 2 or time.perf_counter() - t0 < 0.3:
                 m(x)
@@ -333,9 +335,9 @@ def export_openvino(checkpoint: str | Path, out: str | Path, precision: str = "f
             ir, file_meta = ov.convert_model(str(work / "model.onnx")), meta
             if scheme:
                 ir = _quantize_ir(ir, images, scheme)
+                how = f"{scheme} scheme, the faster here" if len(schemes) > 1 else f"{scheme} scheme"
                 file_meta = {**meta, "int8_scheme": scheme, "quantization": (
-                    f"static int8 (NNCF post-training, {scheme} scheme{', the faster here' if len(schemes) > 1 else ''}), "
-                    f"calibrated on {len(images)} images of {data}")}
+                    f"static int8 (NNCF post-training, {how}), calibrated on {len(images)} images of {data}")}
             ir.set_rt_info(json.dumps(file_meta), RT_INFO)
             (work / (scheme or "ir")).mkdir()
             written[scheme] = work / (scheme or "ir") / out.name

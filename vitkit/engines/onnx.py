@@ -78,8 +78,8 @@ class OnnxModel(nn.Module):
         jobs: queue.SimpleQueue = queue.SimpleQueue()
         outs: dict[int, np.ndarray] = {}
         helpers = [self._pool.submit(self._drain, jobs, outs) for _ in range(self.parts - 1)]
+        count = 0
         try:
-            count = 0
             for x in _runs(itertools.chain([first], pieces), size):
                 jobs.put((count, x))
                 count += 1

@@ -188,49 +188,46 @@ class Batcher:
 
     def _run_items(self, items: list[_Item]) -> list[np.ndarray | Exception]:
         """Each request's outputs, or the error that preparing its inputs raised (its alone)."""
+        sizes: list[int | Exception] = []
         total = sum(i.n for i in items)
         if self.run_pieces is not None and total <= self.max_batch_size:
-            return self._run_streamed(items, total)
-        inputs: list[torch.Tensor | Exception] = []
-        for i in items:
-            try:
-                inputs.append(self.prepare(i.x))
-            except Exception as e:  # noqa: BLE001 - e.g. a truncated image: that caller's 400
-                inputs.append(e)
-        good = [(i, x) for i, x in zip(items, inputs) if not isinstance(x, Exception)]
-        if not good:
-            return inputs
-        x = torch.cat([x for _, x in good])
+            return self._run_streamed(items, total, sizes)
+        prepared = list(self._prepared(items, sizes))
+        if not prepared:
+            return sizes
+        good = [i for i, n in zip(items, sizes) if not isinstance(n, Exception)]
+        x = torch.cat(prepared)
         outs = []
         for start in range(0, len(x), self.max_batch_size):
             chunk = x[start:start + self.max_batch_size]
             t0 = time.perf_counter()
             outs.append(self.run(chunk))
-            self._ran([i for i, _ in good], len(chunk), time.perf_counter() - t0)
-        return _split(torch.cat(outs), [len(x) if torch.is_tensor(x) else x for x in inputs])
+            self._ran(good, len(chunk), time.perf_counter() - t0)
+        return _split(torch.cat(outs), sizes)
 
-    def _run_streamed(self, items: list[_Item], total: int) -> list[np.ndarray | Exception]:
+    def _run_streamed(self, items: list[_Item], total: int,
+                      sizes: list[int | Exception]) -> list[np.ndarray | Exception]:
         """One batch whose images the model starts on while this thread still decodes the rest: with
         onnxruntime, the second core runs the first images instead of idling through the decoding
         (ViT-S/16 int8 at 64 clients: docs/serving.md). The time recorded includes that decoding."""
-        sizes: list[int | Exception] = []
-
-        def prepared() -> Iterator[torch.Tensor]:
-            for i in items:
-                try:
-                    x = self.prepare(i.x)
-                except Exception as e:  # noqa: BLE001 - e.g. a truncated image: that caller's 400
-                    sizes.append(e)
-                    continue
-                sizes.append(len(x))
-                yield x
-
         t0 = time.perf_counter()
-        out = self.run_pieces(prepared(), total)
+        out = self.run_pieces(self._prepared(items, sizes), total)
         good = [i for i, n in zip(items, sizes) if not isinstance(n, Exception)]
         if good:
             self._ran(good, len(out), time.perf_counter() - t0)
         return _split(out, sizes)
+
+    def _prepared(self, items: list[_Item], sizes: list[int | Exception]) -> Iterator[torch.Tensor]:
+        """Each request's model inputs, in order, recording in `sizes` its image count, or the error
+        that preparing it raised (e.g. a truncated image: that caller's 400, the others run)."""
+        for i in items:
+            try:
+                x = self.prepare(i.x)
+            except Exception as e:  # noqa: BLE001 - any failure is that request's alone
+                sizes.append(e)
+                continue
+            sizes.append(len(x))
+            yield x
 
     def _ran(self, items: list[_Item], size: int, seconds: float) -> None:
         if self.on_batch:
