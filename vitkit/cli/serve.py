@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import tempfile
 
 from ..errors import VitkitError
 from .common import checkpoint_flag, device_flag, precision_flag, runtime_flag
@@ -38,9 +40,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 0
     state.thread.shutdown()  # the workers load their own copies; this one only checked that it loads
     del app, backend, state
-    os.environ[served.WORKER_SETTINGS] = json.dumps({**settings, "log_level": args.log_level})
+    ready_dir = tempfile.mkdtemp(prefix="vitkit-serve-ready.")  # each worker marks its warm-up here
+    os.environ[served.WORKER_SETTINGS] = json.dumps({**settings, "log_level": args.log_level, "ready_dir": ready_dir,
+                                                     "workers": args.workers})
     os.environ["OMP_NUM_THREADS"] = str(settings["threads"])  # for every library in the workers
-    uvicorn.run("vitkit.serve.app:worker_app", factory=True, workers=args.workers, **common)
+    try:
+        uvicorn.run("vitkit.serve.app:worker_app", factory=True, workers=args.workers, **common)
+    finally:
+        shutil.rmtree(ready_dir, ignore_errors=True)
     return 0
 
 

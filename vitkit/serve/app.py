@@ -100,7 +100,20 @@ class ServerState:
         self.metrics = Metrics(lambda: self.batcher.depth)
         self.batcher = Batcher(backend.run, backend.prepare, thread, max_batch_size, max_wait_ms, max_queue,
                                self.metrics.batch, backend.run_pieces if backend.streams else None)
-        self.ready = threading.Event()
+        self.ready = threading.Event()  # this process has warmed up: it may run requests
+        # `vitkit serve --workers N`: a folder where each warmed-up worker leaves a file, and N. The
+        # workers share one socket, so a readiness probe reaches any one of them: it must not say ready
+        # while another still answers 503 (a test caught that race).
+        self.peers: tuple[Path, int] | None = None
+
+    def warmed_up(self) -> None:
+        self.ready.set()
+        if self.peers:
+            (self.peers[0] / str(os.getpid())).touch()
+
+    def all_ready(self) -> bool:
+        """Ready for traffic: warmed up, and so are the other workers of this server."""
+        return self.ready.is_set() and (not self.peers or len(list(self.peers[0].iterdir())) >= self.peers[1])
 
 
 def create_app(source: str | Path | Backend, name: str | None = None, *, device: str = "cpu",
@@ -136,7 +149,7 @@ def create_app(source: str | Path | Backend, name: str | None = None, *, device:
     async def lifespan(app: FastAPI):
         state.batcher.start()
         warm = asyncio.get_running_loop().create_task(state.thread.call(backend.warm_up, max_batch_size))
-        warm.add_done_callback(lambda t: state.ready.set() if not t.exception() else
+        warm.add_done_callback(lambda t: state.warmed_up() if not t.exception() else
                                log.error(f"warm-up failed: {t.exception()}"))
         yield
         await state.batcher.stop()
@@ -237,7 +250,7 @@ def _v2_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v2/health/ready")
     async def ready():
-        if not state.ready.is_set():
+        if not state.all_ready():
             return error(503, "the model is still warming up", {"Retry-After": "1"})
         return {"ready": True}
 
@@ -251,7 +264,7 @@ def _v2_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/v2/models/{name}/versions/{version}/ready")
     async def model_ready(name: str, version: str = VERSION):
         _require_model(name, version)
-        if not state.ready.is_set():
+        if not state.all_ready():
             return error(503, "the model is still warming up", {"Retry-After": "1"})
         return {"name": name, "ready": True}
 
@@ -446,6 +459,8 @@ def worker_app() -> FastAPI:
                           "elsewhere use vitkit.serve.create_app(...)")
     settings = json.loads(os.environ[WORKER_SETTINGS])
     configure_logging(settings.pop("log_level"))
+    ready_dir, workers = settings.pop("ready_dir"), settings.pop("workers")
     app = create_app(**settings)
+    app.state.vitkit.peers = (Path(ready_dir), workers)
     tune_interpreter(app.state.vitkit.backend.runtime)
     return app
